@@ -1,0 +1,296 @@
+"""Read a TensorFlow V2 checkpoint bundle index (``PREFIX.index``) without TensorFlow's reader.
+
+The index is a LevelDB-format table: a 48-byte footer points (via varint BlockHandles) at an
+index block whose values point at data blocks; each block holds prefix-compressed entries, a
+restart array and a 5-byte trailer (compression type + masked crc32c). The value under the key
+"" is a ``BundleHeaderProto``; every other key maps to a ``BundleEntryProto``.
+
+Why not just ``tf.train.load_checkpoint``: TensorFlow's reader only reads whole tensors, so a
+multi-GB tensor needs multi-GB of memory. With the entry's shard, offset and size we stream
+the bytes in bounded chunks and still verify TensorFlow's own checksum.
+
+The ``tensorflow.core...`` proto modules import all of TensorFlow (their parent package's
+``__init__``), so they, like ``tf.io.gfile``, are imported lazily inside functions.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import google_crc32c
+import ml_dtypes
+import numpy as np
+
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.tfcompat import tf
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from tensorflow.core.protobuf.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
+
+_MAGIC = 0xDB4775248B80FB57
+_FOOTER_LEN = 48
+_MASK_DELTA = 0xA282EAD8
+
+# DataType enum value -> tf.dtypes name, indexed by value (types.proto; values never change).
+_NAMES = (
+    "invalid float32 float64 int32 uint8 int16 int8 string complex64 int64 bool qint8 quint8 "
+    "qint32 bfloat16 qint16 quint16 uint16 complex128 float16 resource variant uint32 uint64 "
+    "float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz float8_e5m2fnuz int4 uint4 "
+    "int2 uint2 float4_e2m1fn"
+).split()
+# Only types whose bytes in a bundle are exactly numel * itemsize little-endian values.
+# Sub-byte types (int4, float4...) and quantized ones are left to TensorFlow's reader.
+_NUMPY = {
+    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+    8: np.complex64, 9: np.int64, 10: np.bool_, 14: ml_dtypes.bfloat16, 17: np.uint16,
+    18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64,
+    24: ml_dtypes.float8_e5m2, 25: ml_dtypes.float8_e4m3fn, 26: ml_dtypes.float8_e4m3fnuz,
+    27: ml_dtypes.float8_e4m3b11fnuz, 28: ml_dtypes.float8_e5m2fnuz,
+}
+_NUMPY = {k: np.dtype(v) for k, v in _NUMPY.items()}
+
+
+@dataclass
+class BundleIndex:
+    """A parsed ``PREFIX.index``: its header and one entry per variable, in file (sorted) order.
+
+    ``entries`` leaves out the header key "" and the binary keys of saved slices (they start
+    with ``\\x00``); a partitioned variable's full entry keeps its ``slices`` field.
+    """
+
+    prefix: str
+    header: BundleHeaderProto
+    entries: dict[str, BundleEntryProto]
+
+
+def data_path(prefix: str, shard_id: int, num_shards: int) -> str:
+    """The data shard file that holds ``shard_id`` of ``num_shards``."""
+    return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
+
+
+def numpy_dtype(dtype_enum: int) -> np.dtype | None:
+    """The numpy dtype for a DataType enum value, or None where bytes are not plain values."""
+    return _NUMPY.get(int(dtype_enum) % 100)  # +100 marks TF1 reference types
+
+
+def dtype_name(dtype_enum: int) -> str:
+    """The ``tf.dtypes`` style name of a DataType enum value ("float32", "bfloat16", ...)."""
+    value = int(dtype_enum)
+    base, ref = (value - 100, "_ref") if value > 100 else (value, "")
+    if 0 < base < len(_NAMES):
+        return _NAMES[base] + ref
+    return f"dtype_{value}"  # newer than this table; still something printable
+
+
+def _numel(entry) -> int:
+    return int(np.prod([d.size for d in entry.shape.dim], dtype=np.int64))
+
+
+def can_stream(entry) -> bool:
+    """True where the entry's bytes are plain values that :func:`iter_chunks` can stream."""
+    dt = numpy_dtype(entry.dtype)
+    return not entry.slices and dt is not None and entry.size == _numel(entry) * dt.itemsize
+
+
+def _mask(crc: int) -> int:
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _snappy(src: bytes) -> bytes:
+    """Decompress one raw snappy block (format_description.txt in google/snappy)."""
+    size, pos = _varint(src, 0)
+    out = bytearray()
+    while pos < len(src):
+        tag = src[pos]
+        pos += 1
+        if tag & 3 == 0:  # literal; lengths >= 61 follow the tag in 1-4 bytes
+            n = tag >> 2
+            if n >= 60:
+                n, pos = int.from_bytes(src[pos : pos + n - 59], "little"), pos + n - 59
+            out += src[pos : pos + n + 1]
+            pos += n + 1
+            continue
+        if tag & 3 == 1:
+            n, off, pos = ((tag >> 2) & 7) + 4, ((tag >> 5) << 8) | src[pos], pos + 1
+        else:
+            k = 2 if tag & 3 == 2 else 4
+            n, off, pos = (tag >> 2) + 1, int.from_bytes(src[pos : pos + k], "little"), pos + k
+        if not 0 < off <= len(out):
+            raise ValueError("bad snappy back-reference")
+        piece = out[len(out) - off : len(out) - off + n]
+        out += piece if off >= n else (piece * (n // off + 1))[:n]  # overlap repeats
+    if len(out) != size or pos != len(src):
+        raise ValueError("snappy block does not decompress to its stated size")
+    return bytes(out)
+
+
+def _block(data: bytes, pos: int, size: int, name: str) -> list[tuple[bytes, bytes]]:
+    """The (key, value) pairs of the block at ``pos``, after checking its trailer."""
+    end = pos + size
+    if pos < 0 or size < 4 or end + 5 > len(data):
+        raise ValueError(f"block at {pos} (+{size}) runs past the end of the file")
+    kind = data[end]
+    stored = int.from_bytes(data[end + 1 : end + 5], "little")
+    # The checksum covers the block contents and the compression-type byte.
+    if _mask(google_crc32c.extend(google_crc32c.value(data[pos:end]), data[end : end + 1])) != stored:
+        raise ValueError(f"block at {pos} fails its crc32c")
+    if kind == 1:  # snappy: old TensorFlow versions compressed blocks (lingvo's files)
+        data = _snappy(data[pos:end])
+        pos, end = 0, len(data)
+    elif kind != 0:
+        raise UserError(f"{name} uses block compression type {kind}, unknown here: "
+                        "it is read through TensorFlow's reader instead")
+    num_restarts = int.from_bytes(data[end - 4 : end], "little")
+    limit = end - 4 - 4 * num_restarts
+    if limit < pos:
+        raise ValueError(f"block at {pos} has a bad restart array")
+    out, key = [], b""
+    while pos < limit:
+        # Fast path: the three lengths are almost always single-byte varints.
+        shared, non_shared, vlen = data[pos], data[pos + 1], data[pos + 2]
+        if (shared | non_shared | vlen) < 0x80:
+            pos += 3
+        else:
+            shared, pos = _varint(data, pos)
+            non_shared, pos = _varint(data, pos)
+            vlen, pos = _varint(data, pos)
+        vstart = pos + non_shared
+        if shared > len(key) or vstart + vlen > limit:
+            raise ValueError(f"entry at {pos} runs past its block")
+        key = key[:shared] + data[pos:vstart]
+        pos = vstart + vlen
+        out.append((key, data[vstart:pos]))
+    return out
+
+
+def read_index(prefix: str) -> BundleIndex:
+    """Parse ``PREFIX.index`` (any ``tf.io.gfile`` filesystem), checking every block's crc32c."""
+    from google.protobuf.message import DecodeError
+
+    gfile = tf().io.gfile
+    tf_errors = tf().errors
+    name = f"{prefix}.index"
+    try:
+        if not gfile.exists(name):
+            raise UserError(f"no {name}: pass the checkpoint prefix, e.g. .../model.ckpt-1000")
+        with gfile.GFile(name, "rb") as f:
+            data = f.read()
+    except tf_errors.OpError as e:
+        raise UserError(f"cannot read {name}: {first_line(e)}") from None
+    from tensorflow.core.protobuf import tensor_bundle_pb2 as pb
+
+    bad = f"{name} is not a valid checkpoint index (truncated or corrupt): "
+    try:
+        if len(data) < _FOOTER_LEN:
+            raise ValueError(f"{len(data)} bytes is shorter than the table footer")
+        footer = data[-_FOOTER_LEN:]
+        if struct.unpack("<Q", footer[-8:])[0] != _MAGIC:
+            raise ValueError("bad magic number")
+        # Skip the metaindex handle (TensorFlow writes no meta blocks), keep the index handle.
+        p = _varint(footer, _varint(footer, 0)[1])[1]
+        index_off, p = _varint(footer, p)
+        index_size, p = _varint(footer, p)
+        header = None
+        entries: dict = {}
+        for _, handle in _block(data, index_off, index_size, name):
+            off, q = _varint(handle, 0)
+            size, _ = _varint(handle, q)
+            for key, value in _block(data, off, size, name):
+                if not key:
+                    header = pb.BundleHeaderProto.FromString(value)
+                elif key[0] != 0:  # slice keys are binary and start with \x00
+                    entries[key.decode("utf-8", "surrogateescape")] = pb.BundleEntryProto.FromString(value)
+        if header is None:
+            raise ValueError("no header entry")
+    except UserError:
+        raise
+    except (ValueError, IndexError, struct.error, DecodeError) as e:
+        raise UserError(bad + str(e)) from None
+    return BundleIndex(prefix=prefix, header=header, entries=entries)
+
+
+def _streamable(index: BundleIndex, key: str):
+    entry = index.entries.get(key)
+    if entry is None:
+        raise UserError(f"no tensor {key!r} in {index.prefix}.index: list the checkpoint to see its keys")
+    if not can_stream(entry):
+        raise UserError(f"{key} ({dtype_name(entry.dtype)}{', sliced' if entry.slices else ''}) "
+                        "cannot be streamed: read it through TensorFlow's reader")
+    return entry
+
+
+def iter_chunks(index: BundleIndex, key: str, chunk_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
+    """Yield the tensor ``key`` as flat 1-D arrays of at most ``chunk_bytes`` each, in order.
+
+    Reads straight from the data shard, so memory stays bounded whatever the tensor's size;
+    the arrays are read-only views of the bytes read, in the stored (little-endian) order.
+    An unknown key, a tensor that cannot be streamed (see :func:`can_stream`) or a missing
+    shard raise :class:`UserError` at the call; a short shard while streaming; a checksum
+    mismatch after the last chunk, so keep results only once the iterator is exhausted.
+    """
+    entry = _streamable(index, key)
+    path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
+    try:
+        exists = tf().io.gfile.exists(path)
+    except tf().errors.OpError as e:
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
+    if not exists:
+        raise UserError(f"missing data file {path}: copy every .data-* shard next to the .index")
+    return _stream(entry, key, path, index.header.endianness, chunk_bytes)
+
+
+def _stream(entry, key: str, path: str, endianness: int, chunk_bytes: int) -> Iterator[np.ndarray]:
+    dt = numpy_dtype(entry.dtype)
+    if endianness == 1:  # BIG: a bundle written on a big-endian host
+        dt = dt.newbyteorder(">")
+    step = max(dt.itemsize, chunk_bytes // dt.itemsize * dt.itemsize)  # whole items only
+    short = f"data for {key} in {path} ends early: the shard is truncated; copy it again"
+    crc, left = 0, entry.size
+    try:
+        with tf().io.gfile.GFile(path, "rb") as f:
+            f.seek(entry.offset)
+            while left:
+                buf = f.read(min(step, left))
+                if not buf:
+                    raise UserError(short)
+                # read() may return a short count on remote filesystems: yield whole items only.
+                if len(buf) % dt.itemsize:
+                    buf += f.read(dt.itemsize - len(buf) % dt.itemsize)
+                    if len(buf) % dt.itemsize:
+                        raise UserError(short)
+                crc = google_crc32c.extend(crc, buf)
+                left -= len(buf)
+                yield np.frombuffer(buf, dtype=dt)
+    except tf().errors.OpError as e:
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
+    if _mask(crc) != entry.crc32c:
+        raise UserError(f"data for {key} in {path} fails its checksum: the shard is corrupt; "
+                        "copy it again from the source")
+
+
+def read_tensor(index: BundleIndex, key: str) -> np.ndarray:
+    """The whole tensor ``key`` in its shape (a convenience over :func:`iter_chunks`)."""
+    entry = _streamable(index, key)
+    chunks = iter_chunks(index, key)
+    # Fill one preallocated array: concatenating chunks would hold the tensor twice.
+    out = np.empty(_numel(entry), dtype=numpy_dtype(entry.dtype))
+    pos = 0
+    for chunk in chunks:
+        out[pos : pos + chunk.size] = chunk
+        pos += chunk.size
+    return out.reshape([d.size for d in entry.shape.dim])

@@ -1,0 +1,45 @@
+"""The variable table: one record per checkpoint entry, with readable name, kind and slot link.
+
+Records follow the ``list`` contract of DESIGN.md section 3 (``key``, ``name``, ``shape``,
+``dtype``, ``numel``, ``nbytes``, ``kind``, ``layer``, ``slot_of``, ``slot``). The CLI prints
+them; pages turn them into DataFrames.
+"""
+
+from __future__ import annotations
+
+from .grouping import classify, readable_names
+from .reader import Checkpoint
+
+KINDS = ("weight", "bias", "norm", "stat", "slot", "optimizer", "counter", "metric", "other")
+MODEL_KINDS = ("weight", "bias", "norm", "stat")
+
+
+def list_records(ckpt: Checkpoint) -> list[dict]:
+    """One record per entry of ``ckpt``, sorted by raw key (as ``tf.train.list_variables``)."""
+    graph = ckpt.object_graph
+    keys = sorted(ckpt.entries)
+    key_set = set(keys)
+    names = readable_names(keys, graph.full_names)
+    records = []
+    for key in keys:
+        entry = ckpt.entries[key]
+        group = classify(key, names[key], entry.dtype, len(entry.shape), key_set,
+                         graph.slots, names)
+        records.append({
+            "key": key,
+            "name": names[key],
+            "shape": list(entry.shape),
+            "dtype": entry.dtype,
+            "numel": entry.numel,
+            "nbytes": entry.nbytes,
+            "kind": group.kind,
+            "layer": group.layer,
+            "slot_of": group.slot_of,
+            "slot": group.slot,
+        })
+    return records
+
+
+def slots_of(records: list[dict], key: str) -> list[dict]:
+    """The optimizer slots that belong to variable ``key``."""
+    return [r for r in records if r["slot_of"] == key]

@@ -1,0 +1,290 @@
+"""Two checkpoints side by side, and a whole run across its saved steps.
+
+Tensors are streamed pairwise, a chunk of each side at a time, so two checkpoints are never in
+memory whole: one pass gives ||a||, ||b||, ||b - a||, a.b, max |b - a| and whether the bytes
+are identical. Variables pair up by readable name (so Keras 3 checkpoints whose raw keys
+differ still match) or, on request, by raw key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .catalog import list_records
+from .errors import UserError
+from .reader import Checkpoint, open_checkpoint
+from .sources import run_checkpoints
+from .stats import Accumulator
+
+Progress = Callable[[int, int, str], None]  # (done, total, label)
+
+_STEP_NAMES = ("global_step",)
+_ITER_NAMES = ("iter", "iteration", "iterations", "_iterations")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _aligned(a: Iterable[np.ndarray], b: Iterable[np.ndarray]) -> Iterator[tuple]:
+    """Pairs of equal-length chunks from two chunk streams of the same total length."""
+    ia, ib = iter(a), iter(b)
+    ca = cb = None
+    while True:
+        while ca is None or ca.size == 0:
+            ca = next(ia, None)
+            if ca is None:
+                return
+        while cb is None or cb.size == 0:
+            cb = next(ib, None)
+            if cb is None:
+                return
+        n = min(ca.size, cb.size)
+        yield ca[:n], cb[:n]
+        ca, cb = ca[n:], cb[n:]
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    """An unsigned-integer view of the raw bytes, for a bit-for-bit comparison."""
+    if x.dtype.kind == "O":
+        return x
+    size = x.dtype.itemsize
+    if size in (1, 2, 4, 8):
+        return x.view(f"u{size}")
+    return x.view(np.uint8)
+
+
+def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) -> dict:
+    """One streamed pass over a tensor present on both sides (same shape and dtype)."""
+    entry = ckpt_a.entries[key_a]
+    numeric = entry.dtype not in ("string", "resource", "variant")
+    if not numeric:
+        same = np.array_equal(np.asarray(ckpt_a.read_raw(key_a)),
+                              np.asarray(ckpt_b.read_raw(key_b)))
+        return {"identical": bool(same), "l2_a": None, "l2_b": None, "delta_l2": None,
+                "rel_change": None, "cosine": None, "max_abs_delta": None}
+    identical = True
+    sa = sb = sd = dot = 0.0
+    max_abs = 0.0
+    for ca, cb in _aligned(ckpt_a.chunks(key_a), ckpt_b.chunks(key_b)):
+        if identical and not np.array_equal(_bits(ca), _bits(cb)):
+            identical = False
+        a = ca.astype(np.float64) if ca.dtype.kind != "c" else np.abs(ca)
+        b = cb.astype(np.float64) if cb.dtype.kind != "c" else np.abs(cb)
+        d = b - a
+        sa += float(np.dot(a, a))
+        sb += float(np.dot(b, b))
+        sd += float(np.dot(d, d))
+        dot += float(np.dot(a, b))
+        if d.size:
+            max_abs = max(max_abs, float(np.max(np.abs(d))))
+    l2_a, l2_b, delta = math.sqrt(sa), math.sqrt(sb), math.sqrt(sd)
+    if identical:  # NaN - NaN is NaN, but identical bits did not move
+        delta, max_abs = 0.0, 0.0
+    return {
+        "identical": identical,
+        "l2_a": _finite_or_none(l2_a),
+        "l2_b": _finite_or_none(l2_b),
+        "delta_l2": _finite_or_none(delta),
+        "rel_change": _finite_or_none(delta / l2_a) if l2_a > 0 else None,
+        "cosine": _finite_or_none(dot / (l2_a * l2_b)) if l2_a > 0 and l2_b > 0 else None,
+        "max_abs_delta": _finite_or_none(max_abs),
+    }
+
+
+def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
+                     match: str | None = None, kinds: Iterable[str] | None = None,
+                     progress: Progress | None = None) -> list[dict]:
+    """One record per variable of either side, per the ``diff`` contract of DESIGN.md.
+
+    ``by`` is ``"name"`` (readable names) or ``"key"`` (raw keys); ``match`` is a regular
+    expression searched in the name or key and ``kinds`` a set of kinds to keep.
+    """
+    if by not in ("name", "key"):
+        raise UserError(f"unknown pairing {by!r}: use 'name' or 'key'")
+    pattern = _compile(match)
+    kinds = set(kinds) if kinds else None
+    recs_a = {r[by]: r for r in list_records(ckpt_a)}
+    recs_b = {r[by]: r for r in list_records(ckpt_b)}
+    labels = list(recs_a) + [k for k in recs_b if k not in recs_a]
+
+    def wanted(rec: dict) -> bool:
+        if kinds and rec["kind"] not in kinds:
+            return False
+        return not pattern or bool(pattern.search(rec["name"]) or pattern.search(rec["key"]))
+
+    labels = [lbl for lbl in labels if wanted(recs_a.get(lbl) or recs_b[lbl])]
+    out = []
+    for i, label in enumerate(labels):
+        ra, rb = recs_a.get(label), recs_b.get(label)
+        rec = ra or rb
+        row = {"name": rec["name"], "key_a": ra and ra["key"], "key_b": rb and rb["key"],
+               "status": None, "shape_a": ra and ra["shape"], "shape_b": rb and rb["shape"],
+               "l2_a": None, "l2_b": None, "delta_l2": None, "rel_change": None,
+               "cosine": None, "max_abs_delta": None, "kind": rec["kind"],
+               "layer": rec["layer"], "dtype_a": ra and ra["dtype"], "dtype_b": rb and rb["dtype"],
+               "numel": rec["numel"]}
+        if progress:
+            progress(i, len(labels), rec["name"])
+        if ra is None:
+            row["status"] = "added"
+        elif rb is None:
+            row["status"] = "removed"
+        elif ra["dtype"] != rb["dtype"]:
+            row["status"] = "dtype_changed"
+        elif ra["shape"] != rb["shape"]:
+            row["status"] = "shape_changed"
+        else:
+            result = compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
+            row["status"] = "same" if result.pop("identical") else "changed"
+            row.update(result)
+        if row["status"] in ("added", "removed", "dtype_changed", "shape_changed"):
+            # One side's norm still helps to read the table.
+            for side, ckpt, r in (("a", ckpt_a, ra), ("b", ckpt_b, rb)):
+                if r is not None and r["dtype"] not in ("string", "resource", "variant"):
+                    acc = Accumulator()
+                    for chunk in ckpt.chunks(r["key"]):
+                        acc.add(chunk)
+                    row[f"l2_{side}"] = acc.result()["l2"]
+        out.append(row)
+    if progress:
+        progress(len(labels), len(labels), "done")
+    return out
+
+
+def _compile(match: str | None):
+    if not match:
+        return None
+    try:
+        return re.compile(match)
+    except re.error as exc:
+        raise UserError(f"--match {match!r} is not a valid regular expression: {exc}") from None
+
+
+def _scalar(ckpt: Checkpoint, key: str) -> int | None:
+    try:
+        value = np.asarray(ckpt.read_raw(key))
+        return int(value.reshape(-1)[0]) if value.size else None
+    except (UserError, TypeError, ValueError):
+        return None
+
+
+def checkpoint_step(ckpt: Checkpoint, records: list[dict] | None = None) -> int | None:
+    """The training step a checkpoint was saved at.
+
+    The value of ``global_step``, else the optimizer's iteration count, else ``save_counter``,
+    else the number in the file name (None if there is none).
+    """
+    records = records if records is not None else list_records(ckpt)
+    scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
+
+    def last(r):
+        return r["name"].rsplit("/", 1)[-1]
+
+    for pick in (lambda r: last(r) in _STEP_NAMES,
+                 lambda r: r["kind"] == "optimizer" and last(r) in _ITER_NAMES,
+                 lambda r: last(r) == "save_counter"):
+        for r in scalars:
+            if pick(r):
+                value = _scalar(ckpt, r["key"])
+                if value is not None:
+                    return value
+    digits = re.findall(r"\d+", ckpt.prefix.rsplit("/", 1)[-1])
+    return int(digits[-1]) if digits else None
+
+
+# Results per pair of checkpoints (and filter), so that a page refresh on a run that is still
+# training reads only the checkpoints that are new. Keyed by each checkpoint's signature.
+_transition_cache: dict[tuple, list[dict]] = {}
+_cache_lock = threading.Lock()
+_CACHE_LIMIT = 512
+
+
+def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list[dict]:
+    key = (prev and (prev.prefix, prev.signature), curr.prefix, curr.signature, match,
+           tuple(sorted(kinds)) if kinds else None)
+    with _cache_lock:
+        if key in _transition_cache:
+            return _transition_cache[key]
+    pattern = _compile(match)
+    recs = list_records(curr)
+    prev_by_name = {r["name"]: r for r in list_records(prev)} if prev else {}
+    rows = []
+    for r in recs:
+        if r["dtype"] in ("string", "resource", "variant"):
+            continue
+        if kinds and r["kind"] not in kinds:
+            continue
+        if pattern and not (pattern.search(r["name"]) or pattern.search(r["key"])):
+            continue
+        acc = Accumulator()
+        p = prev_by_name.get(r["name"])
+        comparable = p is not None and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
+        delta_sq = 0.0
+        if comparable:
+            for cp, cc in _aligned(prev.chunks(p["key"]), curr.chunks(r["key"])):
+                acc.add(cc)
+                d = cc.astype(np.float64) - cp.astype(np.float64)
+                delta_sq += float(np.dot(d, d))
+        else:
+            for cc in curr.chunks(r["key"]):
+                acc.add(cc)
+        stats = acc.result()
+        rows.append({"name": r["name"], "kind": r["kind"], "layer": r["layer"],
+                     "key": r["key"], "l2": stats["l2"], "nan": stats["nan"],
+                     "inf": stats["inf"],
+                     "delta_l2": _finite_or_none(math.sqrt(delta_sq)) if comparable else None})
+    with _cache_lock:
+        if len(_transition_cache) >= _CACHE_LIMIT:
+            _transition_cache.pop(next(iter(_transition_cache)))
+        _transition_cache[key] = rows
+    return rows
+
+
+def run_steps(run_dir: str, *, match: str | None = None, kinds: Iterable[str] | None = None,
+              progress: Progress | None = None) -> list[dict]:
+    """One record per (step, variable) across every checkpoint of the run in ``run_dir``.
+
+    Fields per the ``steps`` contract: ``step``, ``checkpoint``, ``name``, ``kind``, ``l2``,
+    ``delta_l2`` (from the previous step), ``update_ratio`` (delta_l2 / previous l2), ``nan``,
+    ``inf``; plus ``layer``. Reads tensor by tensor, two checkpoints' chunks at a time.
+    """
+    kinds = set(kinds) if kinds else None
+    _compile(match)
+    prefixes = run_checkpoints(run_dir)
+    opened = []
+    for prefix in prefixes:
+        ckpt = open_checkpoint(prefix)
+        opened.append((checkpoint_step(ckpt), prefix, ckpt))
+    opened.sort(key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0, t[1]))
+    out: list[dict] = []
+    prev = None
+    prev_l2: dict[str, float | None] = {}
+    for i, (step, prefix, ckpt) in enumerate(opened):
+        if progress:
+            progress(i, len(opened), prefix)
+        rows = _transition(prev, ckpt, match, kinds)
+        for row in rows:
+            p_l2 = prev_l2.get(row["name"])
+            delta = row["delta_l2"] if prev is not None else None
+            out.append({"step": step, "checkpoint": prefix, "name": row["name"],
+                        "kind": row["kind"], "l2": row["l2"], "delta_l2": delta,
+                        "update_ratio": _finite_or_none(delta / p_l2)
+                        if delta is not None and p_l2 else None,
+                        "nan": row["nan"], "inf": row["inf"], "layer": row["layer"]})
+        prev_l2 = {row["name"]: row["l2"] for row in rows}
+        prev = ckpt
+    if progress:
+        progress(len(opened), len(opened), "done")
+    return out
+
+
+def first_nonfinite(records: list[dict]) -> dict | None:
+    """The first (step, variable) record with a NaN or Inf, or None."""
+    bad = [r for r in records if (r["nan"] or r["inf"])]
+    return min(bad, key=lambda r: (r["step"] is None, r["step"] or 0)) if bad else None

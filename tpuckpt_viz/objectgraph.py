@@ -1,0 +1,89 @@
+"""TrackableObjectGraph -> readable names, object paths and optimizer slot links.
+
+TF2 object-based checkpoints key every value by the first path through the object graph
+(``optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE`` for a Keras 3 Dense kernel),
+which means nothing to a person. The graph stored under ``_CHECKPOINTABLE_OBJECT_GRAPH`` still
+knows each variable's ``full_name`` (``dense/kernel``) and which slot belongs to which
+variable: through ``slot_variables`` for Keras 2 and TF2 optimizers, and through the Keras 3
+optimizer's lists that run parallel to ``_trainable_variables`` (``_momentums[i]`` is the
+momentum of ``_trainable_variables[i]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+# Keras 3 optimizer children that are not slot lists.
+_NOT_SLOT_LISTS = {"_variables", "_trainable_variables", "_trainable_variables_indices",
+                   "_iterations", "_learning_rate"}
+_IRREGULAR_SINGULAR = {"velocities": "velocity", "velocity_hats": "velocity_hat",
+                       "accumulated_grads": "accumulated_grad",
+                       "accumulated_delta_vars": "accumulated_delta_var"}
+
+
+@dataclass
+class ObjectGraphInfo:
+    """What the object graph says about the checkpoint keys."""
+
+    full_names: dict[str, str] = field(default_factory=dict)  # key -> full_name
+    slots: dict[str, tuple[str, str]] = field(default_factory=dict)  # slot key -> (var key, slot)
+
+
+def object_path(key: str) -> str:
+    """The object path of a TF2 key: the key without ``/.ATTRIBUTES/VARIABLE_VALUE``."""
+    return key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
+
+
+def _slot_name(list_name: str) -> str:
+    """``_momentums`` -> ``momentum``; ``_velocities`` -> ``velocity``; ``_m`` -> ``m``."""
+    name = list_name.lstrip("_")
+    if name in _IRREGULAR_SINGULAR:
+        return _IRREGULAR_SINGULAR[name]
+    if len(name) > 2 and name.endswith("s") and not name.endswith("ss"):
+        return name[:-1]
+    return name
+
+
+def parse(serialized: bytes) -> ObjectGraphInfo:
+    """Read a serialized ``TrackableObjectGraph`` into names and slot links."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(serialized)
+    info = ObjectGraphInfo()
+    node_key: dict[int, str] = {}
+    for node_id, node in enumerate(graph.nodes):
+        for attr in node.attributes:
+            if attr.name == "VARIABLE_VALUE":
+                node_key[node_id] = attr.checkpoint_key
+                if attr.full_name:
+                    info.full_names[attr.checkpoint_key] = attr.full_name
+
+    for node in graph.nodes:
+        # Keras 2 / TF2 optimizers: explicit slot links.
+        for slot in node.slot_variables:
+            var_key = node_key.get(slot.original_variable_node_id)
+            slot_key = node_key.get(slot.slot_variable_node_id)
+            if var_key and slot_key:
+                info.slots[slot_key] = (var_key, slot.slot_name)
+        # Keras 3 optimizers: lists parallel to _trainable_variables.
+        children = {child.local_name: child.node_id for child in node.children}
+        if "_trainable_variables" not in children:
+            continue
+        trainable = {c.local_name: node_key.get(c.node_id)
+                     for c in graph.nodes[children["_trainable_variables"]].children}
+        for list_name, list_id in children.items():
+            if list_name in _NOT_SLOT_LISTS or not list_name.startswith("_"):
+                continue
+            items = graph.nodes[list_id].children
+            if not items or not all(c.local_name.isdigit() for c in items):
+                continue
+            for child in items:
+                slot_key = node_key.get(child.node_id)
+                var_key = trainable.get(child.local_name)
+                if slot_key and var_key and slot_key != var_key:
+                    info.slots.setdefault(slot_key, (var_key, _slot_name(list_name)))
+    return info

@@ -1,0 +1,208 @@
+"""Open a checkpoint: its entries, dtypes and tensor reads (whole, or streamed in chunks).
+
+TensorFlow's ``CheckpointReader`` is the reference for what a checkpoint holds and reads every
+ordinary tensor. It cannot read part of a tensor, so tensors larger than the slice threshold
+are streamed straight from their data shard through :mod:`tpuckpt_viz.bundle` (a few MB at a
+time, checksummed). Sliced (partitioned) variables and string tensors always go through
+TensorFlow's reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+
+from . import bundle, config
+from .errors import UserError, first_line
+from .objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
+from .sources import Resolved, resolve_checkpoint
+from .tfcompat import tf
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One checkpoint entry as ``tf.train.list_variables`` sees it, plus its byte size."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    nbytes: int
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(bundle_numpy_dtype(dtype)).itemsize
+    except TypeError:
+        return 0
+
+
+def bundle_numpy_dtype(name: str):
+    """numpy dtype for a TensorFlow dtype name (``bfloat16`` included); TypeError for strings."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    if name in ("string", "resource", "variant"):
+        raise TypeError(name)
+    return np.dtype(name)
+
+
+class Checkpoint:
+    """A checkpoint opened for reading. Safe to share between threads (dashboard sessions)."""
+
+    def __init__(self, resolved: Resolved, path: str | None = None):
+        self.resolved = resolved
+        self.path = path or resolved.prefix
+        self.prefix = resolved.prefix
+        self.format = resolved.format
+        self._lock = threading.Lock()
+        self._tf_reader = None
+        self.index = None
+        if resolved.format == "v2":
+            # Our own index reader gives offsets for streaming and is strict about corruption;
+            # TensorFlow's reader stays the reference for reading whole tensors.
+            try:
+                self.index = bundle.read_index(resolved.prefix)
+            except UserError:
+                # Our reader refuses what it does not know (a compressed table, say): if
+                # TensorFlow opens the bundle, list and read through it instead.
+                try:
+                    self.tf_reader()
+                except UserError:
+                    pass
+                if self._tf_reader is None:
+                    raise
+        self.entries = self._list_entries()
+
+    # -- listing ---------------------------------------------------------------------------
+    def _list_entries(self) -> dict[str, Entry]:
+        if self.index is not None:
+            entries = {}
+            for key, proto in self.index.entries.items():
+                shape = tuple(int(d.size) for d in proto.shape.dim)
+                dtype = bundle.dtype_name(proto.dtype)
+                numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                nbytes = numel * _itemsize(dtype) if _itemsize(dtype) else int(proto.size)
+                entries[key] = Entry(key, shape, dtype, numel, nbytes)
+            return entries
+        reader = self.tf_reader()
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+        entries = {}
+        for key in sorted(shapes):
+            shape = tuple(int(d) for d in shapes[key])
+            dtype = dtypes[key].name
+            numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            entries[key] = Entry(key, shape, dtype, numel, numel * _itemsize(dtype))
+        return entries
+
+    def tf_reader(self):
+        """TensorFlow's ``CheckpointReader`` for the exact prefix (created once)."""
+        with self._lock:
+            if self._tf_reader is None:
+                try:
+                    self._tf_reader = tf().compat.v1.train.NewCheckpointReader(self.prefix)
+                except Exception as exc:
+                    raise UserError(f"TensorFlow cannot open {self.prefix}: {first_line(exc)}")
+            return self._tf_reader
+
+    @cached_property
+    def object_graph(self) -> ObjectGraphInfo:
+        """Names and slot links from the object graph (empty for name-based checkpoints)."""
+        if OBJECT_GRAPH_KEY not in self.entries:
+            return ObjectGraphInfo()
+        try:
+            return parse(self.read_raw(OBJECT_GRAPH_KEY))
+        except UserError:
+            raise
+        except Exception:  # a damaged graph: fall back to raw keys rather than fail the listing
+            return ObjectGraphInfo()
+
+    @cached_property
+    def signature(self) -> tuple:
+        """What identifies this checkpoint's content for caches: the index file's size and
+        modification time, or its content hash where the filesystem keeps no time (ram://)."""
+        index_file = self.prefix + ".index" if self.format == "v2" else self.prefix
+        gfile = tf().io.gfile
+        try:
+            stat = gfile.stat(index_file)
+            if stat.mtime_nsec:
+                return (index_file, stat.length, stat.mtime_nsec)
+        except Exception:  # no stat on this filesystem: hash instead
+            pass
+        import hashlib
+
+        with gfile.GFile(index_file, "rb") as f:
+            return (index_file, hashlib.sha256(f.read()).hexdigest())
+
+    # -- reading ---------------------------------------------------------------------------
+    def _missing_shard(self, key: str) -> str | None:
+        if self.index is None or key not in self.index.entries:
+            return None
+        entry = self.index.entries[key]
+        path = bundle.data_path(self.prefix, entry.shard_id, self.index.header.num_shards)
+        return None if tf().io.gfile.exists(path) else path
+
+    def _check(self, key: str) -> Entry:
+        if key not in self.entries:
+            raise UserError(f"no variable {key!r} in {self.prefix}: run `list` to see the keys")
+        missing = self._missing_shard(key)
+        if missing:
+            raise UserError(f"cannot read {key}: missing data file {missing}: copy every "
+                            ".data-* shard next to the .index file")
+        return self.entries[key]
+
+    def read_raw(self, key: str):
+        """The tensor as TensorFlow's reader returns it (bytes for a scalar string)."""
+        self._check(key)
+        reader = self.tf_reader()
+        try:
+            with self._lock:  # BundleReader keeps per-reader state: one read at a time
+                return reader.get_tensor(key)
+        except Exception as exc:
+            raise UserError(f"cannot read {key} from {self.prefix}: {first_line(exc)}")
+
+    def read(self, key: str) -> np.ndarray:
+        """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        entry = self._check(key)
+        if self.streamable(key) and entry.nbytes > config.get_int("slice_mb") << 20:
+            chunks = list(self.chunks(key))  # checksummed path, same bytes
+            flat = np.concatenate(chunks) if chunks else np.empty(0, bundle_numpy_dtype(entry.dtype))
+            return flat.reshape(entry.shape)
+        return np.asarray(self.read_raw(key))
+
+    def streamable(self, key: str) -> bool:
+        """Whether ``key`` can be streamed from its data shard (plain, unsliced, numeric)."""
+        return (self.index is not None and key in self.index.entries
+                and bundle.can_stream(self.index.entries[key]))
+
+    def chunks(self, key: str, chunk_bytes: int | None = None,
+               threshold_bytes: int | None = None) -> Iterator[np.ndarray]:
+        """Yield the tensor as flat 1-D arrays, in order.
+
+        Tensors above ``threshold_bytes`` (the ``slice_mb`` setting) that can be streamed come
+        from the data shard ``chunk_bytes`` at a time; the rest are read whole and yielded as
+        slices of ``chunk_bytes``, so callers see one shape of data either way.
+        """
+        entry = self._check(key)
+        chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
+        threshold = config.get_int("slice_mb") << 20 if threshold_bytes is None else threshold_bytes
+        if self.streamable(key) and entry.nbytes > threshold:
+            yield from bundle.iter_chunks(self.index, key, chunk_bytes)
+            return
+        flat = np.asarray(self.read_raw(key)).reshape(-1)
+        step = max(1, chunk_bytes // max(flat.itemsize, 1))
+        for start in range(0, flat.size, step):
+            yield flat[start:start + step]
+        if flat.size == 0:
+            yield flat
+
+
+def open_checkpoint(path: str) -> Checkpoint:
+    """Resolve ``path`` (see :mod:`tpuckpt_viz.sources`) and open the checkpoint it names."""
+    return Checkpoint(resolve_checkpoint(path), path)

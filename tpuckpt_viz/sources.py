@@ -1,0 +1,290 @@
+"""What a path means: which checkpoint(s) a user-given PATH stands for.
+
+PATH may be a directory (its latest checkpoint), a prefix, an ``.index`` or ``.data-*`` file,
+a SavedModel directory (its ``variables/variables`` checkpoint), a checkpoint state file, or a
+legacy V1 TensorSlice file, on any ``tf.io.gfile`` filesystem (local, ``gs://``, ``ram://``).
+
+We resolve paths ourselves instead of trusting ``tf.train.latest_checkpoint``: TensorFlow
+follows a state file's absolute paths blindly (they go stale when a run is copied down from
+``gs://``) and treats a prefix ending in ``/`` as a folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import UserError, first_line
+from .tfcompat import tf
+
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
+_TEMP_RE = re.compile(r"_temp(_[0-9a-f]{32})?(/|$)|\.tmp[0-9a-f]*(/|$)")
+_NUMBER_RE = re.compile(r"(\d+)(?!.*\d)")
+STATE_FILE = "checkpoint"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved checkpoint: the exact prefix to open, and what the user pointed at."""
+
+    prefix: str
+    format: str  # "v2" (bundle: PREFIX.index + PREFIX.data-*) or "v1" (TensorSlice file)
+    saved_model_dir: str | None = None
+    run_dir: str | None = None
+
+
+def _gfile():
+    return tf().io.gfile
+
+
+def _join(*parts: str) -> str:
+    head, *rest = parts
+    for part in rest:
+        head = head.rstrip("/") + "/" + part.lstrip("/")
+    return head
+
+
+def _dirname(path: str) -> str:
+    path = path.rstrip("/")
+    return path.rsplit("/", 1)[0] if "/" in path else "."
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _exists(path: str) -> bool:
+    try:
+        return _gfile().exists(path)
+    except Exception:  # gfile raises for unknown schemes or unreachable buckets
+        return False
+
+
+def _isdir(path: str) -> bool:
+    try:
+        return _gfile().isdir(path)
+    except Exception:
+        return False
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(name.rstrip("/") for name in _gfile().listdir(path))
+    except Exception as exc:
+        raise UserError(f"cannot list {path}: {first_line(exc)}") from None
+
+
+def in_progress(prefix: str) -> bool:
+    """Whether ``prefix`` belongs to a save still in progress (a ``*_temp*`` folder or name)."""
+    return bool(_TEMP_RE.search(prefix))
+
+
+def is_saved_model(path: str) -> bool:
+    """Whether ``path`` is a SavedModel directory (or one missing only its saved_model.pb)."""
+    path = path.rstrip("/")
+    return _isdir(path) and (
+        _exists(_join(path, "saved_model.pb"))
+        or _exists(_join(path, "saved_model.pbtxt"))
+        or _exists(_join(path, "variables", "variables.index"))
+    )
+
+
+def _foreign_format(path: str) -> str | None:
+    """A message for files and folders of other frameworks that people mistake for ours."""
+    name = _basename(path).lower()
+    if name.endswith(".keras"):
+        return (f"{path} is a Keras .keras archive, not a TensorFlow checkpoint: this tool reads "
+                "TensorFlow checkpoints (open it with keras.saving.load_model, or save with "
+                "tf.train.Checkpoint)")
+    if name.endswith((".weights.h5", ".h5", ".hdf5")):
+        return (f"{path} is a Keras HDF5 weights file, not a TensorFlow checkpoint: this tool "
+                "reads TensorFlow checkpoints (PREFIX.index + PREFIX.data-*)")
+    if _isdir(path):
+        names = set(_listdir(path))
+        orbax = {"_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "_sharding", "d"}
+        if names & orbax and not any(n.endswith(".index") for n in names):
+            return (f"{path} looks like a JAX/Orbax checkpoint: this tool reads TensorFlow "
+                    "checkpoints (PREFIX.index + PREFIX.data-*)")
+    return None
+
+
+def _read_state(directory: str):
+    """Parse ``directory/checkpoint`` as a CheckpointState; None when absent or not one."""
+    state_path = _join(directory, STATE_FILE)
+    if not _exists(state_path) or _isdir(state_path):
+        return None
+    from google.protobuf import text_format
+    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
+    from tensorflow.core.protobuf import saver_pb2  # noqa: F401
+    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
+
+    try:
+        with _gfile().GFile(state_path, "rb") as f:
+            raw = f.read(1 << 20)
+        text = raw.decode("utf-8")
+        return text_format.Parse(text, CheckpointState())
+    except Exception:  # a garbage or binary state file: fall back to the *.index files
+        return None
+
+
+def _locate(directory: str, recorded: str) -> str | None:
+    """Where a prefix recorded in a state file really is now.
+
+    The state file may hold relative paths, absolute paths that still exist, or absolute paths
+    from another machine or bucket (a run copied down from ``gs://``): then the same base name
+    inside ``directory`` is the checkpoint.
+    """
+    candidates = []
+    if recorded.startswith("/") or "://" in recorded:
+        candidates.append(recorded)
+    else:
+        candidates.append(_join(directory, recorded))
+    candidates.append(_join(directory, _basename(recorded)))
+    for candidate in candidates:
+        if _exists(candidate + ".index") and not in_progress(candidate):
+            return candidate
+    return None
+
+
+def _step_number(prefix: str) -> int:
+    match = _NUMBER_RE.search(_basename(prefix))
+    return int(match.group(1)) if match else -1
+
+
+def _index_prefixes(directory: str) -> list[str]:
+    """Prefixes of the complete bundles directly in ``directory`` (saves in progress skipped)."""
+    prefixes = []
+    for name in _listdir(directory):
+        if name.endswith(".index") and not in_progress(name):
+            prefixes.append(_join(directory, name[: -len(".index")]))
+    return prefixes
+
+
+def run_checkpoints(path: str) -> list[str]:
+    """Every complete checkpoint prefix of the run in folder ``path``, oldest first.
+
+    The union of the state file's ``all_model_checkpoint_paths`` (located even when stale)
+    and the ``*.index`` files present; ordered by the number in the file name (the diff
+    module re-orders by the step stored inside each checkpoint).
+    """
+    path = path.rstrip("/") or "/"
+    if not _isdir(path):
+        return [resolve_checkpoint(path).prefix]
+    if is_saved_model(path):
+        return [resolve_checkpoint(path).prefix]
+    found: dict[str, None] = {}
+    state = _read_state(path)
+    if state is not None:
+        for recorded in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
+            located = _locate(path, recorded) if recorded else None
+            if located:
+                found[located] = None
+    for prefix in _index_prefixes(path):
+        found.setdefault(prefix, None)
+    if not found:
+        _raise_no_checkpoint(path)
+    return sorted(found, key=lambda p: (_step_number(p), p))
+
+
+def _raise_no_checkpoint(directory: str):
+    names = _listdir(directory)
+    foreign = _foreign_format(directory)
+    if foreign:
+        raise UserError(foreign)
+    if not names:
+        raise UserError(f"{directory} is empty: pass a folder that holds PREFIX.index and "
+                        "PREFIX.data-* files, or the prefix itself")
+    subdirs = [n for n in names if _isdir(_join(directory, n))]
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    hint = (f"; try one of its folders ({', '.join(subdirs[:3])})" if subdirs else "")
+    raise UserError(f"no TensorFlow checkpoint in {directory} (it holds {shown}){hint}: pass a "
+                    "folder with *.index files, or a checkpoint prefix")
+
+
+def _latest_in_dir(directory: str) -> str:
+    state = _read_state(directory)
+    if state is not None and state.model_checkpoint_path:
+        located = _locate(directory, state.model_checkpoint_path)
+        if located:
+            return located
+    prefixes = _index_prefixes(directory)
+    if not prefixes:
+        _raise_no_checkpoint(directory)
+
+    def newest(prefix: str):
+        try:
+            mtime = _gfile().stat(prefix + ".index").mtime_nsec
+        except Exception:
+            mtime = 0
+        return (_step_number(prefix), mtime)
+
+    return max(prefixes, key=newest)
+
+
+def _is_v1_file(path: str) -> bool:
+    """Whether ``path`` is a legacy V1 TensorSlice checkpoint file that TensorFlow can read."""
+    try:
+        tf().compat.v1.train.NewCheckpointReader(path)
+        return True
+    except Exception:
+        return False
+
+
+def resolve_checkpoint(path: str) -> Resolved:
+    """Resolve a user-given PATH to the checkpoint prefix to open (see the module docstring).
+
+    Raises :class:`UserError` with a one-line message when PATH holds no readable checkpoint.
+    """
+    raw = str(path).strip()
+    if not raw:
+        raise UserError("no path given: pass a checkpoint folder, prefix or .index file")
+    foreign = None if raw.endswith((".index",)) else _foreign_format(raw)
+    if foreign and not _isdir(raw):
+        raise UserError(foreign)
+    stripped = raw.rstrip("/") or "/"
+    # A prefix that exists as a bundle wins over a folder of the same name: a trailing "/"
+    # must not turn "run/ckpt" into a folder lookup (TensorFlow's helpers do that).
+    if _exists(stripped + ".index") and not _isdir(stripped + ".index"):
+        return Resolved(stripped, "v2")
+    if stripped.endswith(".index"):
+        prefix = stripped[: -len(".index")]
+        if _exists(stripped):
+            return Resolved(prefix, "v2")
+        raise UserError(f"{stripped} does not exist: check the path")
+    data = _DATA_RE.match(_basename(stripped))
+    if data:
+        prefix = _join(_dirname(stripped), data.group("prefix"))
+        if _exists(prefix + ".index"):
+            return Resolved(prefix, "v2")
+        if _exists(stripped):
+            raise UserError(f"{stripped} has no {_basename(prefix)}.index beside it: a data "
+                            "shard cannot be read without its index file")
+    if _isdir(stripped):
+        if is_saved_model(stripped):
+            variables = _join(stripped, "variables", "variables")
+            if not _exists(variables + ".index"):
+                raise UserError(f"SavedModel {stripped} has no variables/variables.index: "
+                                "it holds no variables to browse")
+            return Resolved(variables, "v2", saved_model_dir=stripped)
+        if foreign:
+            raise UserError(foreign)
+        if in_progress(stripped):
+            raise UserError(f"{stripped} is a save still in progress (a *_temp* folder): pass "
+                            "the finished checkpoint beside it")
+        return Resolved(_latest_in_dir(stripped), "v2", run_dir=stripped)
+    if _exists(stripped):
+        if _basename(stripped) == STATE_FILE:
+            return resolve_checkpoint(_dirname(stripped))
+        if _is_v1_file(stripped):
+            return Resolved(stripped, "v1")
+        raise UserError(f"{stripped} is not a TensorFlow checkpoint: pass the checkpoint "
+                        "prefix (PREFIX for PREFIX.index), its folder, or a SavedModel folder")
+    parent = _dirname(stripped)
+    if _isdir(parent):
+        near = [n[: -len(".index")] for n in _listdir(parent) if n.endswith(".index")]
+        if near:
+            raise UserError(f"{stripped} does not exist; checkpoints in {parent}: "
+                            f"{', '.join(near[:5])}")
+    if in_progress(stripped):
+        raise UserError(f"{stripped} is a save still in progress: its .index is not written yet")
+    raise UserError(f"{stripped} does not exist: check the path")
