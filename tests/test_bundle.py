@@ -339,3 +339,13 @@ def test_unknown_compression_is_refused(made, tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="compression type 2.*TensorFlow's reader"):
         bundle.read_index(copy)
+
+
+def test_import_does_not_load_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, tpuckpt_viz.bundle; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
