@@ -1,0 +1,1 @@
+"""Thin Streamlit pages: they pick inputs, call the core, cache, and render."""

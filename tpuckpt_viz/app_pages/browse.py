@@ -1,0 +1,137 @@
+"""Browse: every variable of a checkpoint, grouped, filtered, with any tensor's statistics."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tpuckpt_viz import charts, config, views
+from tpuckpt_viz.app_pages.common import human_bytes, pick_checkpoint, show_error
+from tpuckpt_viz.catalog import KINDS
+
+st.title("Browse a checkpoint")
+ckpt = pick_checkpoint()
+if ckpt is None:
+    st.stop()
+
+
+@st.cache_data(max_entries=64, show_spinner="Reading the index...")
+def _table(prefix: str, signature: tuple):
+    return views.variable_table(ckpt)
+
+
+@st.cache_data(max_entries=config.get_int("cache_entries"), show_spinner="Reading the tensor...")
+def _view(prefix: str, signature: tuple, key: str):
+    return views.tensor_view(ckpt, key)
+
+
+try:
+    table = _table(ckpt.prefix, ckpt.signature)
+except Exception as exc:
+    show_error(exc)
+    st.stop()
+
+summary = views.summarize(table)
+st.caption(f"`{ckpt.prefix}` · {ckpt.format} format")
+c1, c2, c3 = st.columns(3)
+c1.metric("Variables", f"{summary.variables:,}")
+c2.metric("Parameters", f"{summary.parameters:,}")
+c3.metric("Size", human_bytes(summary.nbytes))
+
+with st.expander("Summary by kind and dtype, and where the parameters are", expanded=True):
+    left, right = st.columns([1, 2])
+    left.dataframe(summary.by_kind, hide_index=True, width="stretch")
+    left.dataframe(summary.by_dtype, hide_index=True, width="stretch")
+    if summary.parameters:
+        right.plotly_chart(charts.parameter_treemap(table), width="stretch")
+
+st.subheader("Variables")
+f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
+kinds = f1.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])], key="f_kind")
+layers = f2.multiselect("Layer", sorted(table["layer"].dropna().unique()), key="f_layer")
+dtypes = f3.multiselect("Dtype", sorted(table["dtype"].unique()), key="f_dtype")
+pattern = f4.text_input("Name pattern (regular expression)", key="f_pattern")
+try:
+    shown = views.filter_table(table, kinds, layers, dtypes, pattern)
+except Exception as exc:  # a bad regular expression
+    st.error(f"bad name pattern: {exc}: fix the regular expression")
+    shown = table
+
+columns = ["name", "key", "layer", "kind", "shape", "dtype", "numel", "nbytes", "slot",
+           "slot_of_name"]
+event = st.dataframe(shown[columns], hide_index=True, width="stretch", key="var_table",
+                     on_select="rerun", selection_mode="single-row",
+                     column_config={"slot_of_name": "slot of", "nbytes": "bytes"})
+st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(index=False),
+                   file_name="variables.csv", mime="text/csv")
+
+# The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME).
+names = list(shown["name"]) or list(table["name"])
+selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
+if selected_rows:
+    st.session_state["tensor"] = shown.iloc[selected_rows[0]]["name"]
+if st.session_state.get("tensor") not in names:
+    wanted = st.query_params.get("tensor")
+    preferred = table[table["kind"] == "weight"]["name"]
+    st.session_state["tensor"] = (wanted if wanted in names else
+                                  next((n for n in preferred if n in names), names[0]))
+name = st.selectbox("Tensor", names, key="tensor")
+row = table[table["name"] == name].iloc[0]
+
+st.subheader(name)
+st.caption(f"key `{row['key']}` · {row['kind']} · shape {row['shape']} · {row['dtype']}")
+
+
+def _render_stats(view, title: str, column) -> None:
+    if view.strings is not None:
+        column.write(f"{len(view.strings)} string value(s) shown:")
+        column.dataframe({"value": view.strings}, width="stretch")
+        return
+    s = view.stats
+    fmt = (lambda v: "—" if v is None else f"{v:.6g}")
+    column.dataframe(
+        {"statistic": ["min", "max", "mean", "std", "L2 norm", "zeros", "NaN", "Inf"],
+         "value": [fmt(s["min"]), fmt(s["max"]), fmt(s["mean"]), fmt(s["std"]), fmt(s["l2"]),
+                   "—" if s["zeros"] is None else f"{s['zeros']:.2%}", str(s["nan"]),
+                   str(s["inf"])]},
+        hide_index=True, width="stretch", key=f"stats_{title}")
+    if len(view.counts):
+        note = (f"all {view.finite:,} finite values" if view.sampled >= view.finite
+                else f"sampled {view.sampled:,} of {view.finite:,} finite values")
+        column.plotly_chart(charts.histogram(view.counts, view.edges,
+                                             f"{title}: histogram ({note})"),
+                            width="stretch", key=f"hist_{title}")
+
+
+try:
+    view = _view(ckpt.prefix, ckpt.signature, row["key"])
+except Exception as exc:
+    show_error(exc)
+    st.stop()
+
+left, right = st.columns(2)
+_render_stats(view, name, left)
+if view.heat is not None:
+    sr, sc = view.heat_strides
+    note = "" if (sr, sc) == (1, 1) else f" (block means of {sr}x{sc} cells)"
+    right.plotly_chart(charts.heatmap(view.heat, f"heatmap{note}"), width="stretch",
+                       key="heatmap")
+
+slots = table[table["slot_of"] == row["key"]]
+if len(slots):
+    st.subheader("Optimizer slots")
+    slot_views = {name: view}
+    cols = st.columns(len(slots))
+    for col, (_, slot_row) in zip(cols, slots.iterrows()):
+        try:
+            slot_view = _view(ckpt.prefix, ckpt.signature, slot_row["key"])
+        except Exception as exc:
+            with col:
+                show_error(exc)
+            continue
+        slot_views[f"{slot_row['slot']} ({slot_row['name']})"] = slot_view
+        col.markdown(f"**{slot_row['slot']}** · `{slot_row['name']}`")
+        _render_stats(slot_view, slot_row["name"], col)
+    st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch")
+elif row["slot_of"]:
+    owner = table[table["key"] == row["slot_of"]]
+    st.info(f"This is the `{row['slot']}` slot of `{owner.iloc[0]['name'] if len(owner) else row['slot_of']}`.")

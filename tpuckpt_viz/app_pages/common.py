@@ -1,0 +1,122 @@
+"""What every page shares: the checkpoint picker, cached readers, and error display."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import streamlit as st
+
+from tpuckpt_viz import config, demo
+from tpuckpt_viz.access import allowed_roots, check_path
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.reader import Checkpoint, open_checkpoint
+from tpuckpt_viz.sources import resolve_checkpoint, run_checkpoints
+
+
+@st.cache_resource(show_spinner="Making the demo run (a few seconds, once)...")
+def demo_run() -> str:
+    """The demo run's folder, made on first use."""
+    return str(demo.make_demo(config.demo_dir()))
+
+
+def _cli_default() -> str | None:
+    """``serve PATH`` passes ``--ckpt PATH`` after ``--`` to the script."""
+    argv = sys.argv[1:]
+    if "--ckpt" in argv and argv.index("--ckpt") + 1 < len(argv):
+        return argv[argv.index("--ckpt") + 1]
+    return None
+
+
+def default_path() -> str:
+    return _cli_default() or demo_run()
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _open(prefix: str, signature_hint: tuple) -> Checkpoint:
+    return open_checkpoint(prefix)
+
+
+def _signature_hint(prefix: str) -> tuple:
+    """Size and mtime of the index, so a rewritten checkpoint is reopened."""
+    try:
+        st_ = os.stat(prefix + ".index")
+        return (st_.st_size, st_.st_mtime_ns)
+    except OSError:
+        return ()
+
+
+def open_allowed(path: str) -> Checkpoint:
+    """Check ``path`` against the allowed roots, resolve it and open it (cached)."""
+    resolved_path = check_path(path)
+    resolved = resolve_checkpoint(resolved_path)
+    check_path(resolved.prefix)  # a state file must not lead out of the roots either
+    return _open(resolved.prefix, _signature_hint(resolved.prefix))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_members(path: str) -> list[str]:
+    """The checkpoints of the run that ``path`` belongs to (newest last)."""
+    resolved = resolve_checkpoint(check_path(path))
+    folder = resolved.run_dir or os.path.dirname(resolved.prefix)
+    try:
+        return [p for p in run_checkpoints(folder) if _allowed(p)]
+    except UserError:
+        return [resolved.prefix]
+
+
+def _allowed(path: str) -> bool:
+    try:
+        check_path(path)
+        return True
+    except UserError:
+        return False
+
+
+def show_error(exc: BaseException) -> None:
+    """One clear line in the page, never a traceback."""
+    if isinstance(exc, UserError):
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.error(f"{type(exc).__name__}: {first_line(exc)}", icon=":material/error:")
+
+
+def path_input(label: str, param: str, key: str, default: str) -> str:
+    """A text box for a checkpoint path, preset from ``?param=`` in the URL."""
+    initial = st.query_params.get(param) or default
+    if key not in st.session_state:
+        st.session_state[key] = initial
+    value = st.text_input(label, key=key,
+                          help="A checkpoint folder, prefix, .index file or SavedModel folder. "
+                               "Allowed roots: " + ", ".join(allowed_roots()))
+    return value.strip()
+
+
+def pick_checkpoint(label: str = "Checkpoint", param: str = "ckpt",
+                    key: str = "ckpt_path") -> Checkpoint | None:
+    """The checkpoint picker: a path box and, for a run, a choice among its steps."""
+    path = path_input(label, param, key, default_path())
+    try:
+        members = run_members(path)
+        if len(members) > 1:
+            resolved = resolve_checkpoint(check_path(path))
+            names = [os.path.basename(m) for m in members]
+            current = os.path.basename(resolved.prefix)
+            choice = st.selectbox("Step of this run", names,
+                                  index=names.index(current) if current in names else
+                                  len(names) - 1, key=key + "_step")
+            return open_allowed(members[names.index(choice)])
+        return open_allowed(path)
+    except UserError as exc:
+        show_error(exc)
+    except Exception as exc:  # never a traceback in the page
+        show_error(exc)
+    return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"

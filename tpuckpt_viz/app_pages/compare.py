@@ -1,0 +1,178 @@
+"""Compare: two checkpoints side by side, and a whole run across its steps."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from tpuckpt_viz import charts, diff, views
+from tpuckpt_viz.access import check_path
+from tpuckpt_viz.app_pages.common import (default_path, open_allowed, path_input, run_members,
+                                          show_error)
+from tpuckpt_viz.catalog import KINDS, MODEL_KINDS
+from tpuckpt_viz.sources import resolve_checkpoint
+
+st.title("Compare training steps")
+two, run = st.tabs(["Two checkpoints", "Whole run"])
+
+
+def _default_pair() -> tuple[str, str]:
+    """The two newest checkpoints of the default run."""
+    try:
+        members = run_members(default_path())
+    except Exception:
+        return default_path(), default_path()
+    if len(members) >= 2:
+        return members[-2], members[-1]
+    return (members[0], members[0]) if members else (default_path(), default_path())
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _diff(sig_a: tuple, sig_b: tuple, prefix_a: str, prefix_b: str, by: str) -> pd.DataFrame:
+    a, b = open_allowed(prefix_a), open_allowed(prefix_b)
+    bar = st.progress(0.0, text="Comparing tensors...")
+
+    def progress(done, total, label):
+        bar.progress(done / max(total, 1), text=f"Comparing {done}/{total}: {label}")
+
+    records = diff.diff_checkpoints(a, b, by=by, progress=progress)
+    bar.empty()
+    return pd.DataFrame(records)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pair_values(sig_a, sig_b, prefix_a, key_a, prefix_b, key_b):
+    a, b = open_allowed(prefix_a), open_allowed(prefix_b)
+    va = views.tensor_view(a, key_a)
+    vb = views.tensor_view(b, key_b)
+    delta = None
+    entry = a.entries[key_a]
+    if len(entry.shape) >= 2 and entry.nbytes <= 64 << 20:
+        xa = np.asarray(a.read(key_a), dtype=np.float32).reshape(-1, entry.shape[-1])
+        xb = np.asarray(b.read(key_b), dtype=np.float32).reshape(-1, entry.shape[-1])
+        from tpuckpt_viz.stats import downsample_2d
+
+        delta = downsample_2d(xb - xa, views.MAX_HEATMAP_SIDE)[0]
+    sample_a = np.repeat((va.edges[:-1] + va.edges[1:]) / 2, va.counts) if len(va.counts) else np.zeros(0)
+    sample_b = np.repeat((vb.edges[:-1] + vb.edges[1:]) / 2, vb.counts) if len(vb.counts) else np.zeros(0)
+    return sample_a, sample_b, delta
+
+
+with two:
+    default_a, default_b = _default_pair()
+    col_a, col_b = st.columns(2)
+    with col_a:
+        path_a = path_input("Checkpoint A", "a", "cmp_a", default_a)
+    with col_b:
+        path_b = path_input("Checkpoint B", "b", "cmp_b", default_b)
+    by_key = st.checkbox("Match by raw key instead of readable name", key="cmp_by_key")
+    try:
+        ckpt_a, ckpt_b = open_allowed(path_a), open_allowed(path_b)
+        table = _diff(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix, ckpt_b.prefix,
+                      "key" if by_key else "name")
+    except Exception as exc:
+        show_error(exc)
+        table = None
+    if table is not None:
+        counts = table["status"].value_counts()
+        cols = st.columns(6)
+        for col, status in zip(cols, ["changed", "same", "added", "removed", "shape_changed",
+                                      "dtype_changed"]):
+            col.metric(status.replace("_", " "), int(counts.get(status, 0)))
+        f1, f2, f3 = st.columns([1, 1, 1])
+        show_slots = f1.checkbox("Show optimizer slots and state", key="cmp_slots")
+        kinds = f2.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])],
+                               key="cmp_kind")
+        layers = f3.multiselect("Layer", sorted(table["layer"].dropna().unique()),
+                                key="cmp_layer")
+        shown = table
+        if not show_slots and not kinds:
+            shown = shown[shown["kind"].isin(MODEL_KINDS + ("counter", "metric", "other"))]
+        if kinds:
+            shown = shown[shown["kind"].isin(kinds)]
+        if layers:
+            shown = shown[shown["layer"].isin(layers)]
+        columns = ["name", "status", "kind", "layer", "shape_a", "shape_b", "l2_a", "l2_b",
+                   "delta_l2", "rel_change", "cosine", "max_abs_delta", "key_a", "key_b"]
+        st.dataframe(shown[columns].sort_values("rel_change", ascending=False,
+                                                na_position="last"),
+                     hide_index=True, width="stretch", key="diff_table")
+        st.download_button("Download CSV", shown.to_csv(index=False), file_name="diff.csv",
+                           mime="text/csv", key="diff_csv")
+        if shown["rel_change"].notna().any():
+            c1, c2 = st.columns(2)
+            c1.plotly_chart(charts.change_by_layer(shown), width="stretch", key="bars")
+            c2.plotly_chart(charts.change_vs_size(shown), width="stretch", key="scatter")
+        both = shown[shown["status"].isin(["changed", "same"])
+                     & ~shown["dtype_a"].isin(["string"])]
+        if len(both):
+            pick = st.selectbox("Variable to compare", list(both["name"]), key="cmp_var")
+            row = both[both["name"] == pick].iloc[0]
+            try:
+                sa, sb, delta = _pair_values(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix,
+                                             row["key_a"], ckpt_b.prefix, row["key_b"])
+                h1, h2 = st.columns(2)
+                h1.plotly_chart(charts.overlaid_histograms(sa, sb, f"{pick}: A and B"),
+                                width="stretch", key="overlay")
+                if delta is not None:
+                    h2.plotly_chart(charts.heatmap(delta, f"{pick}: B - A", diverging=True),
+                                    width="stretch", key="delta_heat")
+            except Exception as exc:
+                show_error(exc)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _steps(run_dir: str, members: tuple, match: str, kinds: tuple) -> pd.DataFrame:
+    # ``members`` (the run's checkpoints) is part of the key: a refresh after a new save
+    # recomputes, and the core's per-checkpoint memo reads only the new checkpoints.
+    bar = st.progress(0.0, text="Reading the run...")
+
+    def progress(done, total, label):
+        bar.progress(done / max(total, 1), text=f"Checkpoint {done}/{total}: {os.path.basename(label)}")
+
+    records = diff.run_steps(run_dir, match=match or None, kinds=kinds or None,
+                             progress=progress)
+    bar.empty()
+    return pd.DataFrame(records)
+
+
+with run:
+    run_path = path_input("Run folder", "run", "run_dir", os.path.dirname(run_members(default_path())[-1])
+                          if run_members(default_path()) else default_path())
+    r1, r2, r3 = st.columns([2, 2, 1])
+    match = r1.text_input("Name pattern (regular expression)", key="run_match")
+    run_kinds = r2.multiselect("Kind", list(KINDS), default=list(MODEL_KINDS), key="run_kind")
+    r3.button("Refresh", key="run_refresh", help="Pick up checkpoints saved since")
+    try:
+        folder = check_path(run_path)
+        resolved = resolve_checkpoint(folder)
+        run_dir = resolved.run_dir or os.path.dirname(resolved.prefix)
+        members = tuple(run_members(run_dir))
+        steps = _steps(run_dir, members, match, tuple(run_kinds))
+    except Exception as exc:
+        show_error(exc)
+        steps = None
+    if steps is not None and len(steps):
+        bad = diff.first_nonfinite(steps.to_dict("records"))
+        if bad:
+            st.error(f"First NaN/Inf at step {bad['step']}: `{bad['name']}` "
+                     f"({bad['nan']} NaN, {bad['inf']} Inf)")
+        else:
+            st.success(f"No NaN or Inf in {steps['step'].nunique()} checkpoints "
+                       f"({steps['name'].nunique()} variables).")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer"), width="stretch",
+                        key="l2_lines")
+        if steps["update_ratio"].notna().any():
+            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer"),
+                            width="stretch", key="ratio_lines")
+            st.plotly_chart(charts.update_heatmap(steps), width="stretch", key="ratio_heat")
+        st.dataframe(steps.drop(columns=["checkpoint"]), hide_index=True, width="stretch",
+                     key="steps_table")
+        st.download_button("Download CSV", steps.to_csv(index=False), file_name="steps.csv",
+                           mime="text/csv", key="steps_csv")
+    elif steps is not None:
+        st.info("No variable matches the filters.")

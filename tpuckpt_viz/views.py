@@ -1,0 +1,156 @@
+"""The data behind each dashboard view, as DataFrames and dataclasses (no Streamlit here).
+
+Pages call these, cache the results, and only render them; the same records feed the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .catalog import list_records
+from .reader import Checkpoint
+from .stats import histogram, new_accumulator, _is_numeric
+
+MAX_HEATMAP_SIDE = 200
+MAX_STRING_VALUES = 200
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """The variable table as a DataFrame (shape shown as text so it sorts and filters)."""
+    df = pd.DataFrame(records, columns=["key", "name", "shape", "dtype", "numel", "nbytes",
+                                        "kind", "layer", "slot_of", "slot"])
+    df["shape"] = df["shape"].map(lambda s: "[" + ", ".join(map(str, s)) + "]")
+    return df
+
+
+def variable_table(ckpt: Checkpoint) -> pd.DataFrame:
+    """:func:`records_frame` of the checkpoint's records, with the slot's variable by name."""
+    df = records_frame(list_records(ckpt))
+    names = dict(zip(df["key"], df["name"]))
+    df["slot_of_name"] = df["slot_of"].map(lambda k: names.get(k, k) if k else None)
+    return df
+
+
+@dataclass
+class Summary:
+    variables: int
+    parameters: int
+    nbytes: int
+    by_kind: pd.DataFrame
+    by_dtype: pd.DataFrame
+
+
+def summarize(table: pd.DataFrame) -> Summary:
+    """Counts, parameters and bytes in all, by kind and by dtype."""
+    agg = dict(variables=("name", "size"), parameters=("numel", "sum"), bytes=("nbytes", "sum"))
+    by_kind = table.groupby("kind", as_index=False).agg(**agg).sort_values("parameters",
+                                                                            ascending=False)
+    by_dtype = table.groupby("dtype", as_index=False).agg(**agg).sort_values("parameters",
+                                                                              ascending=False)
+    return Summary(len(table), int(table["numel"].sum()), int(table["nbytes"].sum()),
+                   by_kind.reset_index(drop=True), by_dtype.reset_index(drop=True))
+
+
+def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
+                 pattern: str = "") -> pd.DataFrame:
+    """Rows matching every filter given (a regular expression searched in name and key)."""
+    mask = pd.Series(True, index=table.index)
+    if kinds:
+        mask &= table["kind"].isin(kinds)
+    if layers:
+        mask &= table["layer"].isin(layers)
+    if dtypes:
+        mask &= table["dtype"].isin(dtypes)
+    if pattern:
+        mask &= (table["name"].str.contains(pattern, regex=True)
+                 | table["key"].str.contains(pattern, regex=True))
+    return table[mask]
+
+
+@dataclass
+class TensorView:
+    """Statistics, histogram and heatmap of one tensor (or the values of a string tensor)."""
+
+    key: str
+    dtype: str
+    shape: tuple
+    stats: dict
+    counts: np.ndarray
+    edges: np.ndarray
+    sampled: int  # values behind the histogram
+    finite: int  # finite values in the tensor
+    heat: np.ndarray | None
+    heat_strides: tuple[int, int]
+    strings: list[str] | None = None
+
+
+def _as_2d(shape: tuple) -> tuple[int, int] | None:
+    """Rows and columns for a heatmap: 2-D as is, higher ranks folded into rows."""
+    if len(shape) < 2 or 0 in shape:
+        return None
+    return int(np.prod(shape[:-1])), int(shape[-1])
+
+
+def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
+    """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means.
+
+    The heatmap of a large 2-D tensor is the mean of each block of at most
+    ``MAX_HEATMAP_SIDE`` x ``MAX_HEATMAP_SIDE`` cells, accumulated chunk by chunk with
+    ``np.bincount``, so the tensor is never held whole.
+    """
+    entry = ckpt.entries[key]
+    if not _is_numeric(entry.dtype):
+        raw = np.asarray(ckpt.read_raw(key)).reshape(-1)
+        values = [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+                  for v in raw[:MAX_STRING_VALUES]]
+        stats = {"min": None, "max": None, "mean": None, "std": None, "l2": None,
+                 "zeros": None, "nan": 0, "inf": 0}
+        return TensorView(key, entry.dtype, entry.shape, stats, np.zeros(0), np.zeros(0), 0, 0,
+                          None, (1, 1), values)
+    acc = new_accumulator(entry.numel)
+    grid = _as_2d(entry.shape)
+    sums = weights = None
+    if grid:
+        rows, cols = grid
+        sr, sc = max(1, -(-rows // MAX_HEATMAP_SIDE)), max(1, -(-cols // MAX_HEATMAP_SIDE))
+        nbr, nbc = -(-rows // sr), -(-cols // sc)
+        sums = np.zeros(nbr * nbc)
+        weights = np.zeros(nbr * nbc)
+    offset = 0
+    for chunk in ckpt.chunks(key):
+        acc.add(chunk)
+        if grid:
+            flat = np.arange(offset, offset + chunk.size, dtype=np.int64)
+            ids = (flat // cols // sr) * nbc + (flat % cols) // sc
+            x = chunk.astype(np.float64) if chunk.dtype.kind != "c" else np.abs(chunk)
+            finite = np.isfinite(x)
+            sums += np.bincount(ids, weights=np.where(finite, x, 0.0), minlength=sums.size)
+            weights += np.bincount(ids, weights=finite, minlength=sums.size)
+        offset += chunk.size
+    heat = None
+    strides = (1, 1)
+    if grid:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            heat = (sums / weights).reshape(nbr, nbc)
+        strides = (sr, sc)
+    sample = acc.sampled()
+    counts, edges = histogram(sample, bins)
+    return TensorView(key, entry.dtype, entry.shape, acc.result(), counts, edges, sample.size,
+                      acc.finite, heat, strides)
+
+
+def stats_frame(views: dict[str, TensorView]) -> pd.DataFrame:
+    """Statistics of several tensors side by side (a variable and its slots)."""
+    rows = []
+    for label, view in views.items():
+        rows.append({"tensor": label, **{k: view.stats.get(k) for k in
+                                         ("min", "max", "mean", "std", "l2", "zeros", "nan",
+                                          "inf")}})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["records_frame", "variable_table", "summarize", "filter_table", "tensor_view",
+           "TensorView", "Summary", "stats_frame", "list_records"]
