@@ -237,3 +237,8 @@ def main(argv: list[str] | None = None) -> int:
               "it with the command you ran)", file=sys.stderr)
         return 1
     return 0
+
+
+def main_entry() -> None:
+    """Console-script entry point (``tpuckpt-viz``)."""
+    sys.exit(main())
