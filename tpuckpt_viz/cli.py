@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8501)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="run SavedModels that use file-system or Python ops")
+    # Every other setting of config.SETTINGS is a flag of `serve` too (passed on as its
+    # environment variable), so that the README's settings table holds for both.
+    from . import config
+
+    taken = {a for action in p._actions for a in action.option_strings}
+    for setting in config.SETTINGS:
+        if setting.flag and setting.flag not in taken:
+            p.add_argument(setting.flag, dest=f"setting_{setting.name}", metavar="VALUE",
+                           help=f"{setting.help} (environment: {setting.env})")
     return parser
 
 
@@ -201,6 +210,10 @@ def _cmd_serve(args) -> None:
         env["TPUCKPT_MODEL"] = args.model
     if args.allow_unsafe_ops:
         env["TPUCKPT_ALLOW_UNSAFE_OPS"] = "1"
+    for setting in config.SETTINGS:
+        value = getattr(args, f"setting_{setting.name}", None)
+        if value is not None:
+            env[setting.env] = value
     address = args.address or config.get("address")
     port = str(args.port or config.get("port"))
     app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")

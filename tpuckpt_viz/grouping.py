@@ -63,6 +63,14 @@ class Grouping:
     slot: str | None
 
 
+def _strip_training_scope(name: str) -> str | None:
+    """``training/<var>`` (or ``<scope>/training/<var>``) -> ``<var>``; None otherwise."""
+    if name.startswith("training/"):
+        return name[len("training/"):]
+    head, sep, tail = name.partition("/training/")
+    return tail if sep else None
+
+
 def _base(name: str) -> str:
     """A name without framework wrappers (lingvo's ``/var``)."""
     return name[: -len(_LINGVO_VAR)] if name.endswith(_LINGVO_VAR) else name
@@ -100,7 +108,10 @@ def _name_kind(key: str, name: str, dtype: str, ndim: int) -> tuple[str, str | N
         return "stat", layer
     if last in NORM_ALWAYS:
         return "norm", parent
-    if last in NORM_IN_NORM_LAYER and parent and _NORM_LAYER.search(parent):
+    # Inside a normalization layer: "scale", "offset", ... and tensor2tensor's
+    # "layer_norm/layer_norm_scale", "layer_norm/layer_norm_bias".
+    if ((last in NORM_IN_NORM_LAYER or last.rsplit("_", 1)[-1] in NORM_IN_NORM_LAYER)
+            and parent and _NORM_LAYER.search(parent)):
         return "norm", parent
     if last in BIAS_NAMES:
         return "bias", parent
@@ -143,8 +154,12 @@ def classify(key: str, name: str, dtype: str, ndim: int, keys: set[str],
             return slot_of(var, suffix)
     if "/" in key:
         var, _, suffix = key.rpartition("/")
-        if suffix in SLOT_SUFFIXES and var in keys:
-            return slot_of(var, suffix)
+        if suffix in SLOT_SUFFIXES:
+            # TF1 optimizers created under a "training" name scope (tensor2tensor, Estimators)
+            # save "training/<var>/Adam" for the variable "<var>".
+            for candidate in (var, _strip_training_scope(var)):
+                if candidate and candidate in keys:
+                    return slot_of(candidate, suffix)
     mtf = _MTF_SLOT.match(key)
     if mtf and mtf.group("var") in keys:
         return slot_of(mtf.group("var"), mtf.group("slot"))

@@ -960,13 +960,32 @@ class _SavedModelEntry:
                 raise _input_error(sig, tf2_call_error)
             hint = _missing_op_hint(self.tf1_error) or _missing_op_hint(first)
             raise UserError(f"cannot load SavedModel {self.path} (tags {_fmt_tags(self.tags)}): "
-                            + (hint or first_line(first)))
+                            + (hint or tf_error_text(first)))
         try:
             result = _timed(self._call_tf1(name, inputs), repeats)
         except Exception as exc:  # noqa: BLE001 - TensorFlow rejected the inputs
             raise _input_error(sig, exc)
         self.use_tf1.add(name)
         return result
+
+
+_NOISE = re.compile(r"^(Graph execution error:?|Detected at node|\[\[|File |Traceback|Node:|"
+                    r"Call arguments received|\s*$)")
+
+
+def tf_error_text(exc: BaseException, limit: int = 240) -> str:
+    """The line of a TensorFlow error that says what went wrong.
+
+    ``str()`` of an op error starts with "Graph execution error:" and a stack of
+    "Detected at node" lines; the cause is the first line that is none of those.
+    """
+    text = str(getattr(exc, "message", "") or exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not _NOISE.match(line):
+            line = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", line)
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return first_line(exc, limit)
 
 
 def _numpy(value) -> np.ndarray:
@@ -978,7 +997,7 @@ def _input_error(sig: SignatureInfo, exc: BaseException) -> UserError:
     if hint:
         return UserError(f"signature {sig.name!r} cannot run: {hint}")
     expected = "; ".join(f"{t.name}: {t.dtype} {_fmt_shape(t.shape)}" for t in sig.inputs)
-    return UserError(f"signature {sig.name!r} rejected the inputs: {first_line(exc, 240)} "
+    return UserError(f"signature {sig.name!r} rejected the inputs: {tf_error_text(exc)} "
                      f"(it declares {expected or 'no inputs'})")
 
 
@@ -1004,6 +1023,14 @@ def _saved_model_inputs(path: str, tags, sig: SignatureInfo, inputs, batch: int,
 
     result = {}
     missing = [t for t in sig.inputs if t.name not in given]
+    strings = [t for t in missing if t.dtype == "string"]
+    if len(strings) == 1 and len([t for t in sig.inputs if t.dtype == "string"]) == 1 and spec():
+        # One string input and the graph parses tf.Examples: generate real examples (an empty
+        # one fails wherever a feature has no default).
+        features = make_inputs({k: (d, [-1]) for k, d in spec().items()}, fill, batch)
+        columns = {k: arr.tolist() for k, arr in features.items()}
+        result[strings[0].name] = np.array(make_examples(columns, spec()), dtype=object)
+        missing = [t for t in missing if t is not strings[0]]
     result.update(make_inputs(missing, fill, batch))
     for name, value in given.items():
         t = known[name]
@@ -1371,7 +1398,7 @@ def restore_and_run(ckpt_prefix: str, builder_spec: str | None = None, inputs=No
         raise
     except Exception as exc:  # noqa: BLE001 - TensorFlow rejected the inputs
         expected = "; ".join(f"{t.name}: {t.dtype} {_fmt_shape(t.shape)}" for t in entry.specs)
-        raise UserError(f"the model rejected the inputs: {first_line(exc, 240)} "
+        raise UserError(f"the model rejected the inputs: {tf_error_text(exc)} "
                         f"(it expects {expected or 'unknown inputs'})")
     return InferenceResult(choice.name, list(choice.reasons), outputs, latency,
                            dict(entry.report), "checkpoint", None, None, prefix, arrays, runs)
@@ -1380,29 +1407,37 @@ def restore_and_run(ckpt_prefix: str, builder_spec: str | None = None, inputs=No
 # --------------------------------------------------------------------------------------------
 # The one entry point
 
-def _serving_version_dir(path: str) -> str | None:
-    """TensorFlow Serving's layout: a folder of numbered versions -> the highest SavedModel."""
+def _serving_version_dir(path: str, broken_too: bool = False) -> str | None:
+    """TensorFlow Serving's layout: a folder of numbered versions -> the highest SavedModel.
+
+    ``broken_too``: also accept a version folder that holds only ``variables/`` (so that the
+    error names that folder).
+    """
     gfile = tf().io.gfile
     try:
+        if not gfile.isdir(path):
+            return None
         names = gfile.listdir(path)
-    except Exception:  # noqa: BLE001 - not a folder
+    except Exception:  # noqa: BLE001 - not a folder, unreachable bucket
         return None
     versions = sorted((int(n.strip("/")), n.strip("/")) for n in names if n.strip("/").isdigit())
     for _, name in reversed(versions):
         candidate = _join(path, name)
-        if has_saved_model_pb(candidate):
+        if has_saved_model_pb(candidate) or (broken_too and _is_saved_model(candidate)):
             return candidate
     return None
 
 
 def _is_saved_model(path: str) -> bool:
+    """A SavedModel folder, or one that lacks only saved_model.pb (sources' rule)."""
     try:
         from . import sources
     except ImportError:
         sources = None
     if sources is not None and hasattr(sources, "is_saved_model"):
         return bool(sources.is_saved_model(path))
-    return has_saved_model_pb(path)
+    gfile = tf().io.gfile
+    return has_saved_model_pb(path) or gfile.exists(_join(path, "variables", "variables.index"))
 
 
 def run_inference(path: str, model: str | None = None, tags=None, signature: str | None = None,
@@ -1414,23 +1449,22 @@ def run_inference(path: str, model: str | None = None, tags=None, signature: str
     ``path``: a SavedModel folder (or a TensorFlow Serving folder of numbered versions: the
     highest) runs the signature that :func:`pick` chooses, on GPU or CPU; anything else is a
     checkpoint (a folder means its latest one) restored into the builder ``model`` (default:
-    ``TPUCKPT_MODEL``, else the demo's). ``inputs`` maps an input name to an array or to text
-    for :func:`parse_input_value`; inputs left out are generated (``fill``: random, zeros,
-    ones; unknown dimensions = ``batch``). ``latency_ms`` is the median of ``repeats`` timed
-    runs after one warm-up (see :class:`InferenceResult`).
+    ``TPUCKPT_MODEL``, else the demo's). A folder with ``variables/`` but no saved_model.pb is
+    an error unless a builder is named, which then gets those variables. ``inputs`` maps an
+    input name to an array or to text for :func:`parse_input_value`; inputs left out are
+    generated (``fill``: random, zeros, ones; unknown dimensions = ``batch``). ``latency_ms`` is
+    the median of ``repeats`` timed runs after one warm-up (see :class:`InferenceResult`).
     """
     path = os.fspath(path)
-    if _is_saved_model(path) or has_saved_model_pb(path):
-        return run_saved_model(path, tags, signature, inputs, device, batch, fill,
-                               allow_unsafe, repeats)
+    args = (tags, signature, inputs, device, batch, fill, allow_unsafe, repeats)
+    if has_saved_model_pb(path):
+        return run_saved_model(path, *args)
     version = _serving_version_dir(path)
     if version is not None:
-        return run_saved_model(version, tags, signature, inputs, device, batch, fill,
-                               allow_unsafe, repeats)
-    gfile = tf().io.gfile
-    if not (model or config.get("model")) and gfile.isdir(_join(path, "variables")):
-        raise UserError(f"{path} has no saved_model.pb: it is not a SavedModel; open its "
-                        "variables/ folder in Browse to see the weights, or pass --model to "
-                        "restore them into a model builder")
-    prefix = _resolve_prefix(path)
+        return run_saved_model(version, *args)
+    builder_named = bool(model or config.get("model"))
+    broken = path if _is_saved_model(path) else _serving_version_dir(path, broken_too=True)
+    if broken is not None and not builder_named:
+        _read_saved_model(broken)  # raises: "... has no saved_model.pb: it is not a SavedModel"
+    prefix = _resolve_prefix(broken or path)
     return restore_and_run(prefix, model, inputs, device, batch, fill, repeats)

@@ -182,7 +182,7 @@ def run_checkpoints(path: str) -> list[str]:
     for prefix in _index_prefixes(path):
         found.setdefault(prefix, None)
     if not found:
-        _raise_no_checkpoint(path)
+        return [resolve_checkpoint(path).prefix]  # a legacy V1 file, else the usual error
     return sorted(found, key=lambda p: (_step_number(p), p))
 
 
@@ -219,6 +219,28 @@ def _latest_in_dir(directory: str) -> str:
         return (_step_number(prefix), mtime)
 
     return max(prefixes, key=newest)
+
+
+_V1_SHARD_RE = re.compile(r"-00000-of-00001$")
+
+
+def _v1_in_dir(directory: str) -> str | None:
+    """A legacy V1 TensorSlice file in a folder with no bundle: the one its state file names
+    (located by base name when the recorded path is stale), else a single-shard
+    ``NAME-00000-of-00001`` file (a TF1 session bundle export)."""
+    candidates = []
+    state = _read_state(directory)
+    if state is not None and state.model_checkpoint_path:
+        recorded = state.model_checkpoint_path
+        if not (recorded.startswith("/") or "://" in recorded):
+            candidates.append(_join(directory, recorded))
+        candidates.append(_join(directory, _basename(recorded)))
+    candidates += [_join(directory, n) for n in _listdir(directory)
+                   if _V1_SHARD_RE.search(n) and not _DATA_RE.match(n)]
+    for candidate in candidates:
+        if _exists(candidate) and not _isdir(candidate) and _is_v1_file(candidate):
+            return candidate
+    return None
 
 
 def _is_v1_file(path: str) -> bool:
@@ -271,6 +293,9 @@ def resolve_checkpoint(path: str) -> Resolved:
         if in_progress(stripped):
             raise UserError(f"{stripped} is a save still in progress (a *_temp* folder): pass "
                             "the finished checkpoint beside it")
+        v1 = None if _index_prefixes(stripped) else _v1_in_dir(stripped)
+        if v1:
+            return Resolved(v1, "v1", run_dir=stripped)
         return Resolved(_latest_in_dir(stripped), "v2", run_dir=stripped)
     if _exists(stripped):
         if _basename(stripped) == STATE_FILE:

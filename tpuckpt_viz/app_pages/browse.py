@@ -113,8 +113,10 @@ _render_stats(view, name, left)
 if view.heat is not None:
     sr, sc = view.heat_strides
     note = "" if (sr, sc) == (1, 1) else f" (block means of {sr}x{sc} cells)"
-    right.plotly_chart(charts.heatmap(view.heat, f"heatmap{note}"), width="stretch",
-                       key="heatmap")
+    lo, hi = view.stats["min"], view.stats["max"]
+    diverging = lo is not None and hi is not None and lo < 0 < hi
+    right.plotly_chart(charts.heatmap(view.heat, f"heatmap{note}", diverging=diverging),
+                       width="stretch", key="heatmap")
 
 slots = table[table["slot_of"] == row["key"]]
 if len(slots):

@@ -54,7 +54,8 @@ def open_allowed(path: str) -> Checkpoint:
     return _open(resolved.prefix, _signature_hint(resolved.prefix))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+# A short ttl: a run that is still training gains checkpoints while the page is open.
+@st.cache_data(max_entries=64, ttl=5, show_spinner=False)
 def run_members(path: str) -> list[str]:
     """The checkpoints of the run that ``path`` belongs to (newest last)."""
     resolved = resolve_checkpoint(check_path(path))

@@ -13,7 +13,7 @@ from tpuckpt_viz.access import check_path
 from tpuckpt_viz.app_pages.common import (default_path, open_allowed, path_input, run_members,
                                           show_error)
 from tpuckpt_viz.catalog import KINDS, MODEL_KINDS
-from tpuckpt_viz.sources import resolve_checkpoint
+from tpuckpt_viz.sources import resolve_checkpoint, run_checkpoints
 
 st.title("Compare training steps")
 two, run = st.tabs(["Two checkpoints", "Whole run"])
@@ -151,6 +151,8 @@ with run:
         resolved = resolve_checkpoint(folder)
         run_dir = resolved.run_dir or os.path.dirname(resolved.prefix)
         members = tuple(run_members(run_dir))
+        for member in run_checkpoints(run_dir):  # a state file must not lead out of the roots
+            check_path(member)
         steps = _steps(run_dir, members, match, tuple(run_kinds))
     except Exception as exc:
         show_error(exc)

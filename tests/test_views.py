@@ -1,0 +1,67 @@
+"""The data behind the pages: tensor views (streamed heatmap block means), tables, summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tpuckpt_viz import views
+from tpuckpt_viz.reader import open_checkpoint
+from tpuckpt_viz.stats import downsample_2d
+
+
+@pytest.fixture(scope="module")
+def matrix_ckpt(tmp_path_factory, tf):
+    """A 2-D tensor large enough to need block means, with NaNs, and a 3-D one."""
+    rng = np.random.default_rng(3)
+    big = rng.normal(size=(450, 333)).astype(np.float32)
+    big[5, 7] = np.nan
+    cube = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    prefix = str(tmp_path_factory.mktemp("views") / "m")
+    ckpt = tf.train.Checkpoint(big=tf.Variable(big), cube=tf.Variable(cube))
+    return ckpt.write(prefix), big, cube
+
+
+@pytest.mark.parametrize("chunk_mb", ["8", "0"])
+def test_heatmap_block_means_match_numpy(matrix_ckpt, monkeypatch, chunk_mb):
+    prefix, big, _ = matrix_ckpt
+    if chunk_mb == "0":  # stream from the shard in tiny chunks, as for a huge tensor
+        monkeypatch.setenv("TPUCKPT_SLICE_MB", "0")
+    ckpt = open_checkpoint(prefix)
+    key = "big/.ATTRIBUTES/VARIABLE_VALUE"
+    view = views.tensor_view(ckpt, key)
+    expected, sr, sc = downsample_2d(big, views.MAX_HEATMAP_SIDE)
+    assert view.heat_strides == (sr, sc) == (3, 2)
+    np.testing.assert_allclose(view.heat, expected, rtol=1e-5, atol=1e-6)
+    assert view.stats["nan"] == 1
+    finite = big[np.isfinite(big)].astype(np.float64)
+    assert view.stats["mean"] == pytest.approx(finite.mean(), rel=1e-9)
+    assert view.finite == finite.size and view.sampled == finite.size
+    assert int(view.counts.sum()) == finite.size
+
+
+def test_higher_rank_folds_into_rows(matrix_ckpt):
+    prefix, _, cube = matrix_ckpt
+    view = views.tensor_view(open_checkpoint(prefix), "cube/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_allclose(view.heat, cube.reshape(20, 6), rtol=1e-6)
+
+
+def test_table_summary_and_filters(demo_run):
+    table = views.variable_table(open_checkpoint(str(demo_run)))
+    summary = views.summarize(table)
+    assert summary.variables == len(table)
+    assert summary.parameters == table["numel"].sum()
+    assert set(summary.by_kind["kind"]) >= {"weight", "bias", "norm", "stat", "slot"}
+    kernel = table[table["name"] == "dense/kernel"].iloc[0]
+    slots = table[table["slot_of"] == kernel["key"]]
+    assert sorted(slots["slot"]) == ["momentum", "velocity"]
+    assert set(slots["slot_of_name"]) == {"dense/kernel"}
+    only = views.filter_table(table, kinds=["weight"], pattern="dense")
+    assert set(only["name"]) == {"dense/kernel", "dense_1/kernel"}
+    assert len(views.filter_table(table, dtypes=["int64"])) == 3
+
+
+def test_string_tensor_shows_values(demo_run):
+    ckpt = open_checkpoint(str(demo_run))
+    view = views.tensor_view(ckpt, "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert view.strings and view.stats["mean"] is None and view.heat is None
