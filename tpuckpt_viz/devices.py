@@ -36,7 +36,7 @@ TPU_NAME = "/device:TPU:0"
 
 @dataclass
 class DeviceChoice:
-    """The device inference runs on, and why the devices before it in TPU -> GPU -> CPU were not."""
+    """The device inference runs on, and why those before it (TPU -> GPU -> CPU) were not."""
 
     kind: str  # "tpu" | "gpu" | "cpu"
     name: str  # e.g. "/device:CPU:0"
@@ -57,15 +57,20 @@ def _reset_tpu_cache() -> None:
         _TPU_CACHE.clear()
 
 
+def _tpu_device_files() -> bool:
+    """TPU chips attached to this machine: /dev/accel* (v2-v4) or /dev/vfio (v5e and later)."""
+    return bool(glob.glob("/dev/accel*")) or os.path.exists("/dev/vfio")
+
+
 def on_tpu_vm() -> bool:
     """Whether this machine looks like a Cloud TPU VM (TPU chips attached locally)."""
-    if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):
+    if _tpu_device_files():
         return True
     return bool(os.environ.get("TPU_ACCELERATOR_TYPE")) and not os.environ.get("TPU_NAME")
 
 
 def tpu_target() -> str | None:
-    """What to hand ``TPUClusterResolver(tpu=...)``: "local" on a TPU VM, else $TPU_NAME, else None."""
+    """The TPUClusterResolver ``tpu`` argument: "local" on a TPU VM, else $TPU_NAME, else None."""
     if on_tpu_vm():
         return "local"
     return os.environ.get("TPU_NAME") or None
@@ -97,7 +102,7 @@ def _tpu_device_name() -> str:
 
 
 def _try_tpu(target: str, resolver_factory, connect, initialize, strategy_factory) -> tuple:
-    """("ok", strategy, name) or ("error", reason); cached per (target, factory) for the process."""
+    """("ok", strategy, name) or ("error", reason), cached per (target, factory) per process."""
     key = (target, resolver_factory or _real_resolver)
     with _TPU_LOCK:  # held while initializing: two sessions must not initialize at once
         cached = _TPU_CACHE.get(key)

@@ -74,7 +74,8 @@ UNSAFE_OPS = frozenset({
 # Ops that change state: a signature that reaches one (a counter's incr, a train step) is run
 # once, not warmed up and repeated for timing.
 _MUTATING_PREFIXES = ("Assign", "ResourceApply", "Apply", "ScatterAdd", "ScatterSub",
-                      "ScatterUpdate", "ResourceScatter", "ScatterNd", "ResourceStridedSliceAssign",
+                      "ScatterUpdate", "ResourceScatter", "ScatterNd",
+                      "ResourceStridedSliceAssign",
                       "StridedSliceAssign", "TensorArrayWrite", "QueueEnqueue", "QueueDequeue",
                       "LookupTableInsert", "LookupTableRemove", "MutableHashTable")
 
@@ -261,8 +262,8 @@ def pick(meta_graphs: list[MetaGraphInfo], tags=None, signature: str | None = No
     if wanted is not None:
         mg = next((m for m in meta_graphs if set(m.tags) == wanted), None)
         if mg is None:
-            raise UserError(f"no meta graph with tag set {tuple(sorted(wanted))!r}: this SavedModel "
-                            f"has tag sets {choices}; pass --tag "
+            raise UserError(f"no meta graph with tag set {tuple(sorted(wanted))!r}: this "
+                            f"SavedModel has tag sets {choices}; pass --tag "
                             + " or --tag ".join(_fmt_tags(m.tags) for m in meta_graphs))
     else:
         mg = next((m for m in meta_graphs if set(m.tags) == {"serve"}), None)
@@ -408,7 +409,7 @@ def check_safe(path: str, tags=None, signature: str | None = None,
         _, _, sig = _meta_graph(path, tags, signature)
         raise UserError(f"refusing to run signature {sig.name!r} of {path}: it uses "
                         f"file-system or Python ops ({', '.join(bad)}); if you trust this model, "
-                        "set TPUCKPT_ALLOW_UNSAFE_OPS=1 (or --allow-unsafe-ops)")
+                        "set TPUCKPT_ALLOW_UNSAFE_OPS=1")
 
 
 def _mutates_state(mg, signature: str) -> bool:
@@ -566,7 +567,8 @@ def _read_file_value(path: str, dtype: str, shape, name: str):
 
 
 def parse_input_value(value, dtype: str, shape=None, *, name: str = "input",
-                      example_spec: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None
+                      example_spec: Mapping[str, str] | Callable[[], Mapping[str, str]]
+                      | None = None
                       ) -> np.ndarray:
     """One input value as an array of the signature's ``dtype``.
 
@@ -952,7 +954,7 @@ class _SavedModelEntry:
                 and name in self.tf2.signatures:
             try:
                 return _timed(self._call_tf2(name, inputs), repeats)
-            except Exception as exc:  # noqa: BLE001 - TF2 call failed: try TF1 before blaming inputs
+            except Exception as exc:  # noqa: BLE001 - try TF1 before blaming the inputs
                 tf2_call_error = exc
         if self._load_tf1() is None:
             first = tf2_call_error or self.tf2_error or self.tf1_error
@@ -996,9 +998,16 @@ def _input_error(sig: SignatureInfo, exc: BaseException) -> UserError:
     hint = _missing_op_hint(exc)
     if hint:
         return UserError(f"signature {sig.name!r} cannot run: {hint}")
-    expected = "; ".join(f"{t.name}: {t.dtype} {_fmt_shape(t.shape)}" for t in sig.inputs)
     return UserError(f"signature {sig.name!r} rejected the inputs: {tf_error_text(exc)} "
-                     f"(it declares {expected or 'no inputs'})")
+                     f"(it declares {_declared(sig.inputs)})")
+
+
+def _declared(specs: list[TensorInfo], limit: int = 6) -> str:
+    """'x: float32 [-1, 1]; y: ...' for messages, cut after ``limit`` inputs."""
+    if not specs:
+        return "no inputs"
+    text = "; ".join(f"{t.name}: {t.dtype} {_fmt_shape(t.shape)}" for t in specs[:limit])
+    return text + (f"; and {len(specs) - limit} more" if len(specs) > limit else "")
 
 
 def _saved_model_inputs(path: str, tags, sig: SignatureInfo, inputs, batch: int, fill: str
@@ -1084,8 +1093,11 @@ def load_builder(spec: str | None = None) -> Callable[[], Any]:
                             "or an existing .keras file")
 
         def build_from_file():
+            tf()  # keras needs TensorFlow imported (quietly) first
+            import keras  # Keras 3: tf.keras may be a shim without keras.saving
+
             try:
-                return tf().keras.saving.load_model(spec, safe_mode=True)
+                return keras.saving.load_model(spec, safe_mode=True)
             except Exception as exc:  # noqa: BLE001 - unreadable or unsafe .keras file
                 raise UserError(f"cannot load {spec}: {first_line(exc)}")
 
@@ -1240,9 +1252,10 @@ class _RestoredModel:
             t = tf()
             builder = load_builder(self.spec)
             choice = self.choice
+            strategy = choice.strategy or t.distribute.get_strategy()
             device_scope = (t.device(choice.name) if choice.kind != "tpu"
                             else _nullcontext())
-            with choice.strategy.scope(), device_scope:
+            with strategy.scope(), device_scope:
                 try:
                     model = builder()
                 except UserError:
@@ -1285,7 +1298,7 @@ class _RestoredModel:
         choice = self.choice
 
         if choice.kind == "tpu":
-            strategy = choice.strategy
+            strategy = choice.strategy or t.distribute.get_strategy()
 
             def call():
                 out = strategy.run(self.fn, args=(args,))
@@ -1367,7 +1380,7 @@ def restore_and_run(ckpt_prefix: str, builder_spec: str | None = None, inputs=No
     choice = device if isinstance(device, DeviceChoice) else choose_device(device)
     prefix = os.fspath(ckpt_prefix)
     given = {k: v for k, v in (inputs or {}).items()}
-    key = (prefix, spec, choice.name)
+    key = (prefix, spec, choice.kind, choice.name)
     entry = _RESTORED.entry(key, lambda: _RestoredModel(prefix, spec, choice))
     try:
         # Inputs typed by the model's declared inputs where it has them; plain float32 arrays
@@ -1397,9 +1410,9 @@ def restore_and_run(ckpt_prefix: str, builder_spec: str | None = None, inputs=No
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - TensorFlow rejected the inputs
-        expected = "; ".join(f"{t.name}: {t.dtype} {_fmt_shape(t.shape)}" for t in entry.specs)
+        expected = _declared(entry.specs) if entry.specs else "inputs it does not declare"
         raise UserError(f"the model rejected the inputs: {tf_error_text(exc)} "
-                        f"(it expects {expected or 'unknown inputs'})")
+                        f"(it expects {expected})")
     return InferenceResult(choice.name, list(choice.reasons), outputs, latency,
                            dict(entry.report), "checkpoint", None, None, prefix, arrays, runs)
 

@@ -41,6 +41,16 @@ def _itemsize(dtype: str) -> int:
         return 0
 
 
+def _printable_key(key: str) -> str:
+    """A key that every output can print: invalid UTF-8 bytes (which the index reader keeps as
+    surrogate escapes) become ``\\xNN`` text. Valid keys come back unchanged."""
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def bundle_numpy_dtype(name: str):
     """numpy dtype for a TensorFlow dtype name (``bfloat16`` included); TypeError for strings."""
     if name == "bfloat16":
@@ -63,6 +73,7 @@ class Checkpoint:
         self._lock = threading.Lock()
         self._tf_reader = None
         self.index = None
+        self._tf_keys: dict[str, bytes] = {}  # printable key -> the bytes TensorFlow knows
         if resolved.format == "v2":
             # Our own index reader gives offsets for streaming and is strict about corruption;
             # TensorFlow's reader stays the reference for reading whole tensors.
@@ -77,9 +88,26 @@ class Checkpoint:
                     pass
                 if self._tf_reader is None:
                     raise
+            if self.index is not None:
+                self._printable_index_keys()
         self.entries = self._list_entries()
 
     # -- listing ---------------------------------------------------------------------------
+    def _printable_index_keys(self) -> None:
+        """Key the index by printable keys, so that tables, JSON and pages can show them;
+        reads hand TensorFlow the original bytes."""
+        entries = self.index.entries
+        if all(_printable_key(k) == k for k in entries):
+            return
+        renamed = {}
+        for key, proto in entries.items():
+            shown = _printable_key(key)
+            if shown != key:
+                self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
+            renamed[shown] = proto
+        entries.clear()
+        entries.update(renamed)
+
     def _list_entries(self) -> dict[str, Entry]:
         if self.index is not None:
             entries = {}
@@ -118,9 +146,9 @@ class Checkpoint:
             return ObjectGraphInfo()
         try:
             return parse(self.read_raw(OBJECT_GRAPH_KEY))
-        except UserError:
-            raise
-        except Exception:  # a damaged graph: fall back to raw keys rather than fail the listing
+        except Exception:
+            # A damaged graph, or a data shard that is missing or truncated: fall back to raw
+            # keys rather than fail the listing (reading a tensor then names the problem).
             return ObjectGraphInfo()
 
     @cached_property
@@ -163,7 +191,7 @@ class Checkpoint:
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
-                return reader.get_tensor(key)
+                return reader.get_tensor(self._tf_keys.get(key, key))
         except Exception as exc:
             raise UserError(f"cannot read {key} from {self.prefix}: {first_line(exc)}")
 

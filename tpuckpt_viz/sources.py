@@ -155,7 +155,7 @@ def _index_prefixes(directory: str) -> list[str]:
     """Prefixes of the complete bundles directly in ``directory`` (saves in progress skipped)."""
     prefixes = []
     for name in _listdir(directory):
-        if name.endswith(".index") and not in_progress(name):
+        if name.endswith(".index") and not in_progress(name[: -len(".index")]):
             prefixes.append(_join(directory, name[: -len(".index")]))
     return prefixes
 

@@ -1,0 +1,219 @@
+"""The Compare page through Streamlit's AppTest: two checkpoints, and a whole run.
+
+The test checkpoints are written here by TensorFlow with known differences, so the page's
+counts and norms are checked against numbers computed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tpuckpt_viz import config
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+COMPARE = "tpuckpt_viz/app_pages/compare.py"
+
+
+@pytest.fixture
+def app_env(shared, demo_run, tmp_path_factory, monkeypatch):
+    """Roots = the shared folder and every tmp folder; the demo run in place; fresh caches."""
+    import streamlit as st
+
+    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
+        [str(shared), str(tmp_path_factory.getbasetemp())]))
+    demo = config.demo_dir()
+    if not (demo / "DONE").is_file():
+        shutil.rmtree(demo, ignore_errors=True)
+        shutil.copytree(demo_run, demo)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield demo
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def run_compare(**query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.switch_page(COMPARE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at) -> dict:
+    return {m.label: int(m.value) for m in at.metric}
+
+
+def errors(at) -> str:
+    return " | ".join(e.value for e in at.error)
+
+
+def frame(at, *columns):
+    return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
+
+
+def _write(tf, prefix: str, **values) -> str:
+    """A tf.train.Checkpoint whose variables' full names are the keys ('__' -> '/')."""
+    variables = {k: tf.Variable(v, name=k.replace("__", "/")) for k, v in values.items()}
+    return tf.train.Checkpoint(**variables).write(prefix)
+
+
+A_KERNEL = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+B_KERNEL = A_KERNEL.copy()
+B_KERNEL[1, 2] += 3.0
+B_KERNEL[2, 0] -= 4.0  # ||b - a|| = 5
+
+
+@pytest.fixture(scope="module")
+def pair(tf, tmp_path_factory):
+    """Two checkpoints: one changed, one same, one added, one removed, one reshaped."""
+    folder = tmp_path_factory.mktemp("pair")
+    bias = np.array([0.5, -0.5, 1.0, 0.0], np.float32)
+    a = _write(tf, str(folder / "a" / "ckpt"), dense__kernel=A_KERNEL, dense__bias=bias,
+               old__kernel=np.ones((2, 2), np.float32),
+               emb__embeddings=np.ones((5, 2), np.float32))
+    b = _write(tf, str(folder / "b" / "ckpt"), dense__kernel=B_KERNEL, dense__bias=bias,
+               new__kernel=np.ones((3, 3), np.float32),
+               emb__embeddings=np.ones((6, 2), np.float32))
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def nan_run(tf, tmp_path_factory):
+    """A run saved at steps 10, 20, 30 whose kernel holds a NaN from step 20 on."""
+    folder = tmp_path_factory.mktemp("nan_run")
+    kernel = tf.Variable(np.ones((2, 3), np.float32), name="dense/kernel")
+    bias = tf.Variable(np.zeros(3, np.float32), name="dense/bias")
+    step = tf.Variable(0, dtype=tf.int64, name="global_step")
+    ckpt = tf.train.Checkpoint(kernel=kernel, bias=bias, global_step=step)
+    manager = tf.train.CheckpointManager(ckpt, str(folder), max_to_keep=None)
+    for s in (10, 20, 30):
+        step.assign(s)
+        bias.assign(bias + 0.1)
+        if s == 20:
+            kernel.assign(tf.constant([[1.0, float("nan"), 1.0], [1.0, 1.0, 1.0]]))
+        manager.save(checkpoint_number=s)
+    return folder
+
+
+# -- two checkpoints -------------------------------------------------------------------------
+
+def test_default_pair_is_the_two_newest_demo_steps(app_env):
+    at = run_compare()
+    assert at.text_input(key="cmp_a").value == str(app_env / "ckpt-240")
+    assert at.text_input(key="cmp_b").value == str(app_env / "ckpt-300")
+    m = metrics(at)
+    assert m["changed"] > 0
+    assert m["added"] == m["removed"] == m["shape changed"] == m["dtype changed"] == 0
+    table = frame(at, "name", "status", "delta_l2")
+    assert len(table) > 0 and "changed" in set(table["status"])
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 3  # change by layer, change vs size, overlaid histograms (+ more)
+
+
+def test_known_changes(app_env, pair):
+    a, b = pair
+    at = run_compare(a=a, b=b)
+    m = metrics(at)
+    # changed: dense/kernel and the object graph (a string entry that names other variables)
+    assert m == {"changed": 2, "same": 1, "added": 1, "removed": 1, "shape changed": 1,
+                 "dtype changed": 0}
+    # Slots and state hidden by default: everything here is a model variable or the graph.
+    at.checkbox(key="cmp_slots").check()
+    at.run()
+    assert not at.exception
+    table = frame(at, "name", "status", "delta_l2")
+    status = dict(zip(table["name"], table["status"]))
+    assert status["dense/kernel"] == "changed"
+    assert status["_CHECKPOINTABLE_OBJECT_GRAPH"] == "changed"
+    assert status["dense/bias"] == "same"
+    assert status["new/kernel"] == "added"
+    assert status["old/kernel"] == "removed"
+    assert status["emb/embeddings"] == "shape_changed"
+    row = table[table["name"] == "dense/kernel"].iloc[0]
+    assert row["delta_l2"] == pytest.approx(5.0, rel=1e-6)
+    assert row["l2_a"] == pytest.approx(float(np.linalg.norm(A_KERNEL)), rel=1e-6)
+    assert row["rel_change"] == pytest.approx(5.0 / np.linalg.norm(A_KERNEL), rel=1e-6)
+    assert row["max_abs_delta"] == pytest.approx(4.0, rel=1e-6)
+    cosine = float(np.sum(A_KERNEL * B_KERNEL)
+                   / (np.linalg.norm(A_KERNEL) * np.linalg.norm(B_KERNEL)))
+    assert row["cosine"] == pytest.approx(cosine, rel=1e-6)
+    # The variable picker offers the pairs present on both sides; a 2-D one gets B - A.
+    at.selectbox(key="cmp_var").set_value("dense/kernel")
+    at.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3
+
+
+def test_match_by_raw_key(app_env, pair):
+    a, b = pair
+    at = run_compare(a=a, b=b)
+    at.checkbox(key="cmp_by_key").check()
+    at.run()
+    assert not at.exception
+    assert metrics(at)["changed"] == 2
+
+
+def test_bad_side_is_one_error(app_env, pair, tmp_path):
+    a, _ = pair
+    at = run_compare(a=a, b=str(tmp_path / "missing"))
+    assert "does not exist" in errors(at)
+    assert "changed" not in {m.label for m in at.metric}
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+def test_whole_run_of_the_demo_without_a_click(app_env):
+    at = run_compare()
+    assert at.text_input(key="run_dir").value == str(app_env)
+    assert [s.value for s in at.success] == [
+        s.value for s in at.success if "No NaN or Inf in 6 checkpoints" in s.value]
+    assert len(at.success) == 1
+    steps = frame(at, "step", "name", "l2", "update_ratio")
+    assert sorted(steps["step"].unique()) == [0, 60, 120, 180, 240, 300]
+    first = steps[steps["step"] == 0]
+    assert first["delta_l2"].isna().all()  # nothing before the first step
+    assert steps[steps["step"] == 300]["delta_l2"].notna().all()
+    keys = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(keys) >= 5  # two-checkpoint charts + L2 lines, update ratio lines, heatmap
+
+
+def test_whole_run_names_the_first_nan_step(app_env, nan_run):
+    at = run_compare(run=str(nan_run))
+    message = errors(at)
+    assert "First NaN/Inf at step 20" in message
+    assert "kernel" in message
+    assert not at.success
+    steps = frame(at, "step", "name", "nan")
+    assert sorted(steps["step"].unique()) == [10, 20, 30]
+    kernel = steps[steps["name"].str.contains("kernel")]
+    assert list(kernel.sort_values("step")["nan"]) == [0, 1, 1]
+    bias = steps[steps["name"].str.contains("bias")].sort_values("step")
+    assert bias["delta_l2"].iloc[1] == pytest.approx(math.sqrt(3 * 0.1 ** 2), rel=1e-5)
+
+
+def test_whole_run_filters(app_env):
+    at = run_compare()
+    at.text_input(key="run_match").set_value("classifier")
+    at.run()
+    assert not at.exception
+    steps = frame(at, "step", "name", "l2")
+    assert steps["name"].str.contains("classifier").all()
+    at.text_input(key="run_match").set_value("^nothing-matches$")
+    at.run()
+    assert not at.exception
+    assert any("No variable matches" in i.value for i in at.info)
+    at.text_input(key="run_match").set_value("([")
+    at.run()
+    assert not at.exception
+    assert "not a valid regular expression" in errors(at)

@@ -1,0 +1,283 @@
+"""The command line (DESIGN.md section 3): formats, strict JSON, errors, quiet start-up.
+
+A few commands run as real ``python -m tpuckpt_viz`` subprocesses (exit status, stderr free of
+TensorFlow's start-up noise, no traceback); the rest call ``cli.main`` in-process, which is the
+same code without the ~4 s TensorFlow import per call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tpuckpt_viz import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+V = "/.ATTRIBUTES/VARIABLE_VALUE"
+NOISE = ("onednn", "absl::initializelog", "cuda", "traceback", "warning", "tensorflow/core",
+         "i0000", "e0000", "w0000")
+
+
+def strict_json(text: str):
+    """json.loads that rejects NaN, Infinity and -Infinity."""
+    def refuse(constant):
+        raise ValueError(f"JSON holds {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "tpuckpt_viz", *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_quiet(stderr: str) -> None:
+    low = stderr.lower()
+    for word in NOISE:
+        assert word not in low, f"{word!r} in stderr:\n{stderr}"
+
+
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    status = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def nan_ckpt(tf, tmp_path_factory) -> str:
+    """``partial`` has NaN and +Inf among finite values; ``all_nan`` has nothing finite."""
+    partial = np.array([1.0, np.nan, 3.0, np.inf, -2.0, 0.0], np.float32)
+    ckpt = tf.train.Checkpoint(partial=tf.Variable(partial),
+                               all_nan=tf.Variable(np.full((2, 2), np.nan, np.float32)),
+                               step=tf.Variable(7, dtype=tf.int64, name="global_step"))
+    return ckpt.write(str(tmp_path_factory.mktemp("nan") / "ckpt-7"))
+
+
+@pytest.fixture(scope="module")
+def pair(tf, tmp_path_factory) -> tuple[str, str]:
+    folder = tmp_path_factory.mktemp("clipair")
+    w = np.arange(6, dtype=np.float32)
+    a = tf.train.Checkpoint(w=tf.Variable(w), gone=tf.Variable([1.0])).write(str(folder / "a"))
+    b = tf.train.Checkpoint(w=tf.Variable(2 * w), new=tf.Variable([1.0])).write(str(folder / "b"))
+    return a, b
+
+
+# ------------------------------------------------------------------- subprocesses
+
+def test_list_json_subprocess(shared):
+    proc = run_cli("list", shared / "t2t_transformer_test_ckpt", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    records = strict_json(proc.stdout)
+    assert len(records) == 250
+    assert list(records[0]) == list(cli.LIST_COLUMNS)
+    step = next(r for r in records if r["key"] == "global_step")
+    assert (step["dtype"], step["kind"], step["shape"]) == ("int64", "counter", [])
+
+
+def test_stats_json_subprocess_has_no_nan(nan_ckpt):
+    proc = run_cli("stats", nan_ckpt, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert_quiet(proc.stderr)
+    assert "NaN" not in proc.stdout and "Infinity" not in proc.stdout
+    records = {r["name"]: r for r in strict_json(proc.stdout)}
+    assert list(next(iter(records.values()))) == list(cli.STATS_COLUMNS)
+    partial = records["partial"]
+    assert (partial["min"], partial["max"], partial["nan"], partial["inf"]) == (-2.0, 3.0, 1, 1)
+    assert partial["mean"] == pytest.approx(0.5) and partial["zeros"] == pytest.approx(1 / 6)
+    all_nan = records["all_nan"]
+    assert all_nan["min"] is None and all_nan["l2"] is None and all_nan["nan"] == 4
+
+
+def test_diff_csv_subprocess(pair):
+    a, b = pair
+    proc = run_cli("diff", a, b, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert_quiet(proc.stderr)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert list(rows[0]) == list(cli.DIFF_COLUMNS)
+    status = {r["name"]: r["status"] for r in rows}
+    assert {k: status[k] for k in ("gone", "new")} == {"gone": "removed", "new": "added"}
+    w = next(r for r in rows if r["key_a"] == "w" + V)
+    assert w["status"] == "changed" and float(w["rel_change"]) == pytest.approx(1.0)
+    assert w["shape_a"] == "[6]"
+
+
+def test_steps_table_subprocess(shared):
+    proc = run_cli("steps", shared / "tfx_chicago_taxi_estimator", "--match",
+                   "hiddenlayer_0/kernel$")
+    assert proc.returncode == 0, proc.stderr
+    assert_quiet(proc.stderr)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == list(cli.STEPS_COLUMNS)
+    assert [ln.split()[0] for ln in lines[1:]] == ["0", "999", "1000"]
+
+
+def test_demo_subprocess(tmp_path):
+    target = tmp_path / "demo_run"
+    proc = run_cli("demo", target, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert_quiet(proc.stderr)
+    assert proc.stdout.strip() == str(target)
+    assert (target / "checkpoint").is_file() and (target / "ckpt-300.index").is_file()
+
+
+def test_error_is_one_line_subprocess(tmp_path):
+    proc = run_cli("list", tmp_path / "no" / "such" / "ckpt")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "does not exist" in lines[0]
+    assert_quiet(proc.stderr)
+
+
+@pytest.mark.parametrize("args", [[], ["frobnicate"], ["list"], ["list", "x", "--format", "xml"]])
+def test_bad_usage_exits_2_subprocess(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------- in-process
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_list_formats(capsys, shared, fmt):
+    status, out, err = in_process(capsys, "list", shared / "tfx_chicago_taxi_estimator",
+                                  "--format", fmt)
+    assert status == 0 and err == ""
+    if fmt == "json":
+        records = strict_json(out)
+    elif fmt == "csv":
+        records = list(csv.DictReader(io.StringIO(out)))
+    else:
+        lines = out.splitlines()
+        assert lines[0].split() == list(cli.LIST_COLUMNS)
+        records = lines[1:]
+    assert len(records) == 60
+
+
+def test_list_default_format_is_table(capsys, shared):
+    status, out, _ = in_process(capsys, "list", shared / "tf2onnx_regression" / "checkpoint")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("key") and len(lines) == 3
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_stats_formats(capsys, nan_ckpt, fmt):
+    status, out, err = in_process(capsys, "stats", nan_ckpt, "--match", "partial|all_nan",
+                                  "--format", fmt)
+    assert status == 0 and err == ""
+    if fmt == "json":
+        assert len(strict_json(out)) == 2
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert [r["name"] for r in rows] == ["all_nan", "partial"]
+        assert rows[0]["min"] == "" and rows[0]["nan"] == "4"
+    else:
+        assert len(out.splitlines()) == 3 and "nan" not in out.split("\n", 1)[1].split()
+
+
+def test_stats_on_bf16_json(capsys, bf16_ckpt):
+    prefix, values = bf16_ckpt
+    status, out, _ = in_process(capsys, "stats", prefix, "--format", "json")
+    assert status == 0
+    records = {r["name"]: r for r in strict_json(out)}
+    bf16 = values["bf16"].astype(np.float64)
+    assert records["bf16"]["dtype"] == "bfloat16"
+    assert records["bf16"]["max"] == pytest.approx(bf16.max())
+    assert records["text"]["min"] is None and records["flag"]["mean"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_diff_formats(capsys, pair, fmt):
+    a, b = pair
+    status, out, err = in_process(capsys, "diff", a, b, "--by", "key", "--kind", "weight",
+                                  "--format", fmt)
+    assert status == 0 and err == ""
+    if fmt == "json":
+        rows = strict_json(out)
+        assert {r["status"] for r in rows} == {"changed", "added", "removed"}
+        assert all(list(r) == list(cli.DIFF_COLUMNS) for r in rows)
+    elif fmt == "csv":
+        assert len(list(csv.DictReader(io.StringIO(out)))) == 3
+    else:
+        assert len(out.splitlines()) == 4
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_steps_formats(capsys, demo_run, fmt):
+    status, out, err = in_process(capsys, "steps", demo_run, "--match", "^dense/kernel$",
+                                  "--format", fmt)
+    assert status == 0 and err == ""
+    if fmt == "json":
+        rows = strict_json(out)
+        assert [r["step"] for r in rows] == [0, 60, 120, 180, 240, 300]
+        assert rows[0]["delta_l2"] is None and rows[0]["update_ratio"] is None
+        assert all(list(r) == list(cli.STEPS_COLUMNS) for r in rows)
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert rows[0]["delta_l2"] == "" and len(rows) == 6
+    else:
+        assert len(out.splitlines()) == 7
+
+
+def test_steps_json_with_nan_is_strict(capsys, tf, tmp_path):
+    for i, w in enumerate(([1.0, 2.0], [np.nan, 2.0], [1.0, np.inf])):
+        tf.train.Checkpoint(w=tf.Variable(np.array(w, np.float32))).write(
+            str(tmp_path / f"ckpt-{i}"))
+    status, out, _ = in_process(capsys, "steps", tmp_path, "--format", "json")
+    assert status == 0
+    rows = [r for r in strict_json(out) if r["name"] == "Variable"]
+    assert [(r["nan"], r["inf"]) for r in rows] == [(0, 0), (1, 0), (0, 1)]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["stats", "{path}", "--match", "("], ["regular expression"]),
+    (["diff", "{path}", "/no/such/ckpt"], ["does not exist"]),
+    (["steps", "/no/such/run"], ["does not exist"]),
+    (["list", "{empty}"], ["empty"]),
+])
+def test_errors_in_process(capsys, shared, tmp_path, args, words):
+    path = shared / "tf2onnx_regression" / "checkpoint"
+    status, out, err = in_process(capsys, *[a.format(path=path, empty=tmp_path) for a in args])
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    for word in words:
+        assert word in err
+
+
+def test_unreadable_tensor_is_an_error_not_a_traceback(capsys, shared):
+    status, _, err = in_process(capsys, "stats", shared / "t5x_mtf_tiny_t5_PARTIAL")
+    assert status == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert "model.ckpt-0.data-00001-of-00002" in err
+
+
+def test_list_v1_folder(capsys, shared):
+    status, out, _ = in_process(capsys, "list", shared / "serving_bad_half_plus_two" / "00000123",
+                                "--format", "json")
+    assert status == 0
+    assert sorted(r["key"] for r in strict_json(out)) == ["Variable", "Variable_1"]
+
+
+def test_demo_in_process_reuses_a_complete_run(capsys, demo_run):
+    status, out, _ = in_process(capsys, "demo", demo_run)
+    assert status == 0 and out.strip() == str(demo_run)
+
+
+def test_demo_default_folder_is_the_isolated_one():
+    # env_isolation points TPUCKPT_DEMO_DIR at a tmp folder; never the real home cache
+    from tpuckpt_viz import config
+
+    assert "pytest" in str(config.demo_dir()) or "tmp" in str(config.demo_dir())

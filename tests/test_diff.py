@@ -1,0 +1,260 @@
+"""Two checkpoints side by side, and a run across its steps (tpuckpt_viz.diff).
+
+The checkpoints are written here with known changes, so every status and number has an exact
+expected value; then the real Estimator run under ``../shared/checkpoints`` and the Keras 3
+demo run, whose raw keys change between steps while the readable names stay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tpuckpt_viz.diff import checkpoint_step, diff_checkpoints, first_nonfinite, run_steps
+from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.reader import open_checkpoint
+
+V = "/.ATTRIBUTES/VARIABLE_VALUE"
+DIFF_FIELDS = ["name", "key_a", "key_b", "status", "shape_a", "shape_b", "l2_a", "l2_b",
+               "delta_l2", "rel_change", "cosine", "max_abs_delta"]
+STEPS_FIELDS = ["step", "checkpoint", "name", "kind", "l2", "delta_l2", "update_ratio", "nan",
+                "inf"]
+
+RNG = np.random.default_rng(5)
+SAME = RNG.normal(size=(4, 3)).astype(np.float32)
+SCALED = RNG.normal(size=(6,)).astype(np.float32)
+REMOVED = RNG.normal(size=(2, 2)).astype(np.float32)
+ADDED = RNG.normal(size=(3,)).astype(np.float32)
+RESHAPED = RNG.normal(size=(2, 6)).astype(np.float32)
+RETYPED = np.arange(5, dtype=np.int32)
+
+
+@pytest.fixture(scope="module")
+def pair(tf, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair")
+    a = tf.train.Checkpoint(same=tf.Variable(SAME), scaled=tf.Variable(SCALED),
+                            removed=tf.Variable(REMOVED), reshaped=tf.Variable(RESHAPED),
+                            retyped=tf.Variable(RETYPED), text=tf.Variable([b"a", b"b"]))
+    b = tf.train.Checkpoint(same=tf.Variable(SAME), scaled=tf.Variable(2 * SCALED),
+                            added=tf.Variable(ADDED), reshaped=tf.Variable(RESHAPED.reshape(3, 4)),
+                            retyped=tf.Variable(RETYPED.astype(np.int64)),
+                            text=tf.Variable([b"a", b"c"]))
+    return (open_checkpoint(a.write(str(folder / "a"))),
+            open_checkpoint(b.write(str(folder / "b"))))
+
+
+@pytest.fixture(scope="module")
+def by_name(pair):
+    a, b = pair
+    return {r["name"]: r for r in diff_checkpoints(a, b)}
+
+
+def test_fields_and_one_record_per_variable(by_name):
+    assert set(by_name) == {"same", "scaled", "removed", "added", "reshaped", "retyped", "text",
+                            "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    for rec in by_name.values():
+        assert list(rec)[: len(DIFF_FIELDS)] == DIFF_FIELDS
+
+
+def test_untouched_is_same(by_name):
+    rec = by_name["same"]
+    assert rec["status"] == "same"
+    assert rec["delta_l2"] == 0.0 and rec["rel_change"] == 0.0 and rec["max_abs_delta"] == 0.0
+    assert rec["cosine"] == pytest.approx(1.0)
+    assert rec["l2_a"] == rec["l2_b"] == pytest.approx(np.linalg.norm(SAME.astype(np.float64)))
+    assert rec["key_a"] == rec["key_b"] == "same" + V
+
+
+def test_scaled_by_two(by_name):
+    rec = by_name["scaled"]
+    norm = np.linalg.norm(SCALED.astype(np.float64))
+    assert rec["status"] == "changed"
+    assert rec["rel_change"] == pytest.approx(1.0, rel=1e-12)
+    assert rec["cosine"] == pytest.approx(1.0, rel=1e-12)
+    assert rec["delta_l2"] == pytest.approx(norm, rel=1e-12)
+    assert rec["l2_b"] == pytest.approx(2 * norm, rel=1e-12)
+    assert rec["max_abs_delta"] == pytest.approx(float(np.abs(SCALED).max()), rel=1e-7)
+    assert rec["shape_a"] == rec["shape_b"] == [6]
+
+
+def test_added_and_removed(by_name):
+    added, removed = by_name["added"], by_name["removed"]
+    assert added["status"] == "added" and added["key_a"] is None and added["shape_a"] is None
+    assert added["key_b"] == "added" + V and added["shape_b"] == [3]
+    assert added["l2_b"] == pytest.approx(np.linalg.norm(ADDED.astype(np.float64)))
+    assert added["delta_l2"] is None and added["cosine"] is None
+    assert removed["status"] == "removed" and removed["key_b"] is None
+    assert removed["shape_a"] == [2, 2] and removed["l2_b"] is None
+
+
+def test_reshaped_and_retyped(by_name):
+    reshaped, retyped = by_name["reshaped"], by_name["retyped"]
+    assert reshaped["status"] == "shape_changed"
+    assert (reshaped["shape_a"], reshaped["shape_b"]) == ([2, 6], [3, 4])
+    assert reshaped["delta_l2"] is None
+    assert retyped["status"] == "dtype_changed"
+    assert (retyped["dtype_a"], retyped["dtype_b"]) == ("int32", "int64")
+
+
+def test_strings_compare_by_value(by_name):
+    assert by_name["text"]["status"] == "changed"
+    assert by_name["text"]["delta_l2"] is None
+
+
+def test_filters(pair):
+    a, b = pair
+    names = [r["name"] for r in diff_checkpoints(a, b, match="^s")]
+    assert sorted(names) == ["same", "scaled"]
+    kinds = {r["kind"] for r in diff_checkpoints(a, b, kinds=["other"])}
+    assert kinds == {"other"}
+    with pytest.raises(UserError, match="regular expression"):
+        diff_checkpoints(a, b, match="(")
+    with pytest.raises(UserError):
+        diff_checkpoints(a, b, by="shape")
+
+
+def test_identical_checkpoint_is_all_same(pair):
+    a, _ = pair
+    assert {r["status"] for r in diff_checkpoints(a, a)} == {"same"}
+
+
+# ------------------------------------------------------------------------ runs
+
+NAN_STEP = 20
+
+
+@pytest.fixture(scope="module")
+def nan_run(tf, tmp_path_factory):
+    """Three checkpoints at global steps 10, 20, 30; file numbers 3, 1, 2 disagree on order.
+
+    ``w`` is multiplied by 1.5 each step, and has 3 NaNs at step 20 only.
+    """
+    folder = tmp_path_factory.mktemp("run")
+    w0 = np.linspace(-1, 1, 12).astype(np.float32)
+    values = {}
+    for number, step in ((3, 10), (1, 20), (2, 30)):
+        w = w0 * 1.5 ** (step // 10)
+        if step == NAN_STEP:
+            w = w.copy()
+            w[[1, 5, 7]] = np.nan
+        values[step] = w
+        ckpt = tf.train.Checkpoint(w=tf.Variable(w),
+                                   step=tf.Variable(step, dtype=tf.int64, name="global_step"))
+        ckpt.write(str(folder / f"ckpt-{number}"))
+    return folder, values
+
+
+def test_steps_ordered_by_global_step(nan_run):
+    folder, _ = nan_run
+    records = run_steps(str(folder))
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and sorted(set(steps)) == [10, 20, 30]
+    ckpt_of = {r["step"]: r["checkpoint"] for r in records}
+    assert ckpt_of == {10: str(folder / "ckpt-3"), 20: str(folder / "ckpt-1"),
+                       30: str(folder / "ckpt-2")}
+    for r in records:
+        assert list(r)[: len(STEPS_FIELDS)] == STEPS_FIELDS
+    assert checkpoint_step(open_checkpoint(str(folder / "ckpt-1"))) == 20
+
+
+def test_first_nonfinite_finds_the_nan_step(nan_run):
+    folder, _ = nan_run
+    records = run_steps(str(folder))
+    bad = first_nonfinite(records)
+    assert bad is not None
+    assert (bad["step"], bad["name"], bad["nan"], bad["inf"]) == (NAN_STEP, "Variable", 3, 0)
+    assert [r["nan"] for r in records if r["name"] == "Variable"] == [0, 3, 0]
+    assert first_nonfinite([r for r in records if r["step"] != NAN_STEP]) is None
+
+
+def test_steps_numbers(nan_run):
+    folder, values = nan_run
+    rows = {r["step"]: r for r in run_steps(str(folder)) if r["name"] == "Variable"}
+    first = rows[10]
+    assert first["delta_l2"] is None and first["update_ratio"] is None
+    l2 = {s: float(np.linalg.norm(v[np.isfinite(v)].astype(np.float64)))
+          for s, v in values.items()}
+    for step in (10, 20, 30):
+        assert rows[step]["l2"] == pytest.approx(l2[step], rel=1e-9)
+    # step 20 -> 30: the NaNs make ||b - a|| NaN: null, never NaN
+    assert rows[20]["delta_l2"] is None and rows[30]["delta_l2"] is None
+
+
+def test_steps_numbers_without_nan(tf, tmp_path):
+    w = np.arange(1, 7, dtype=np.float32)
+    for i, scale in enumerate((1.0, 1.5, 3.0)):
+        tf.train.Checkpoint(w=tf.Variable(w * scale)).write(str(tmp_path / f"ckpt-{i}"))
+    rows = [r for r in run_steps(str(tmp_path)) if r["kind"] != "counter"]
+    rows = [r for r in rows if r["name"] == "Variable"]
+    norm = float(np.linalg.norm(w.astype(np.float64)))
+    assert [r["step"] for r in rows] == [0, 1, 2]  # the number in the file name
+    assert rows[0]["delta_l2"] is None and rows[0]["update_ratio"] is None
+    assert rows[1]["delta_l2"] == pytest.approx(0.5 * norm, rel=1e-9)
+    assert rows[1]["update_ratio"] == pytest.approx(0.5, rel=1e-9)
+    assert rows[2]["delta_l2"] == pytest.approx(1.5 * norm, rel=1e-9)
+    assert rows[2]["update_ratio"] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_real_estimator_run(shared):
+    folder = shared / "tfx_chicago_taxi_estimator"
+    records = run_steps(str(folder))
+    steps = [r["step"] for r in records]
+    assert sorted(set(steps)) == [0, 999, 1000] and steps == sorted(steps)
+    per_step = {s: [r for r in records if r["step"] == s] for s in (0, 999, 1000)}
+    for step, rows in per_step.items():
+        assert len(rows) == 60  # no string tensors in a name-based checkpoint
+        assert rows[0]["checkpoint"] == str(folder / f"model.ckpt-{step}")
+        assert len({r["name"] for r in rows}) == 60
+    assert all(r["delta_l2"] is None and r["update_ratio"] is None for r in per_step[0])
+    gs = {r["step"]: r for r in records if r["name"] == "global_step"}
+    assert gs[999]["l2"] == pytest.approx(999.0) and gs[1000]["delta_l2"] == pytest.approx(1.0)
+    kernel = {r["step"]: r for r in records if r["name"] == "dnn/hiddenlayer_0/kernel"}
+    assert kernel[1000]["delta_l2"] > 0 and kernel[1000]["update_ratio"] == pytest.approx(
+        kernel[1000]["delta_l2"] / kernel[999]["l2"])
+    assert first_nonfinite(records) is None
+
+
+def test_run_filters(shared):
+    folder = shared / "tfx_chicago_taxi_estimator"
+    records = run_steps(str(folder), match="hiddenlayer_0", kinds=["weight", "bias"])
+    assert {r["name"] for r in records} == {"dnn/hiddenlayer_0/kernel", "dnn/hiddenlayer_0/bias"}
+    assert len(records) == 6
+
+
+# ------------------------------------------------------------------------ Keras 3
+
+def test_keras3_demo_pairs_by_name(demo_run):
+    a = open_checkpoint(str(demo_run / "ckpt-0"))
+    b = open_checkpoint(str(demo_run / "ckpt-300"))
+    rows = {r["name"]: r for r in diff_checkpoints(a, b)}
+    kernel = rows["dense/kernel"]
+    assert kernel["key_a"] != kernel["key_b"]
+    assert kernel["key_a"].startswith("model/") and kernel["key_b"].startswith("optimizer/")
+    assert kernel["status"] == "changed" and kernel["delta_l2"] > 0
+    assert kernel["shape_a"] == kernel["shape_b"] == [4, 16]
+    moving = rows["batch_norm/moving_mean"]
+    assert moving["status"] == "changed" and moving["key_a"] == moving["key_b"]
+    # the Adam slots exist only once the optimizer has been built
+    assert rows["adam/dense_kernel_momentum"]["status"] == "added"
+    assert rows["global_step"]["status"] == "changed"
+
+
+def test_keras3_demo_by_key_lists_added_and_removed(demo_run):
+    a = open_checkpoint(str(demo_run / "ckpt-0"))
+    b = open_checkpoint(str(demo_run / "ckpt-300"))
+    rows = diff_checkpoints(a, b, by="key")
+    by_key = {(r["key_a"], r["key_b"]): r for r in rows}
+    kernels = [r for r in rows if r["name"] == "dense/kernel"]
+    assert sorted(r["status"] for r in kernels) == ["added", "removed"]
+    assert all(r["key_a"] is None or r["key_b"] is None for r in kernels)
+    assert len(by_key) == len(rows)
+
+
+def test_keras3_demo_steps(demo_run):
+    records = run_steps(str(demo_run), match="^dense/kernel$")
+    assert [r["step"] for r in records] == [0, 60, 120, 180, 240, 300]
+    assert records[0]["delta_l2"] is None
+    # raw keys change from ckpt-0 to ckpt-60, names do not: the delta is still computed
+    assert all(r["delta_l2"] is not None and r["delta_l2"] > 0 for r in records[1:])
