@@ -66,15 +66,17 @@ def demo_run(tmp_path_factory) -> Path:
 def keras3_adam_ckpt(tf, tmp_path_factory) -> str:
     """A Keras 3 Sequential model after a few Adam steps, written with tf.train.Checkpoint.
 
-    Model: ``Input((3,)) -> Dense(4, name="dense") -> BatchNormalization() -> Dense(2, name="head")``
-    (the last one named: an automatic name could also be "dense" in a fresh process).
+    Model ``sequential``: ``Input((3,)) -> Dense(4, name="dense") -> BatchNormalization()
+    -> Dense(2, name="head")``, every layer named (automatic names depend on what the process
+    built before). The kernel's full_name is ``sequential/dense/kernel``.
     Returns the checkpoint prefix.
     """
     keras = tf.keras
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="dense"),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(2, name="head")])
-    optimizer = keras.optimizers.Adam(learning_rate=0.01)
+                              keras.layers.BatchNormalization(name="batch_normalization"),
+                              keras.layers.Dense(2, name="head")], name="sequential")
+    optimizer = keras.optimizers.Adam(learning_rate=0.01, name="adam")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 3)).astype("float32")
     y = rng.normal(size=(16, 2)).astype("float32")

@@ -55,8 +55,8 @@ def in_process(capsys, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def nan_ckpt(tf, tmp_path_factory) -> str:
-    """``partial`` has NaN and +Inf among finite values; ``all_nan`` has nothing finite."""
-    partial = np.array([1.0, np.nan, 3.0, np.inf, -2.0, 0.0], np.float32)
+    """``partial`` has NaN, +Inf and -Inf among finite values; ``all_nan`` has nothing finite."""
+    partial = np.array([1.0, np.nan, 3.0, np.inf, -2.0, 0.0, -np.inf], np.float32)
     ckpt = tf.train.Checkpoint(partial=tf.Variable(partial),
                                all_nan=tf.Variable(np.full((2, 2), np.nan, np.float32)),
                                step=tf.Variable(7, dtype=tf.int64, name="global_step"))
@@ -93,8 +93,8 @@ def test_stats_json_subprocess_has_no_nan(nan_ckpt):
     records = {r["name"]: r for r in strict_json(proc.stdout)}
     assert list(next(iter(records.values()))) == list(cli.STATS_COLUMNS)
     partial = records["partial"]
-    assert (partial["min"], partial["max"], partial["nan"], partial["inf"]) == (-2.0, 3.0, 1, 1)
-    assert partial["mean"] == pytest.approx(0.5) and partial["zeros"] == pytest.approx(1 / 6)
+    assert (partial["min"], partial["max"], partial["nan"], partial["inf"]) == (-2.0, 3.0, 1, 2)
+    assert partial["mean"] == pytest.approx(0.5) and partial["zeros"] == pytest.approx(1 / 7)
     all_nan = records["all_nan"]
     assert all_nan["min"] is None and all_nan["l2"] is None and all_nan["nan"] == 4
 

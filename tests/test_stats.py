@@ -8,6 +8,7 @@ the data shard, a few bytes at a time) must give the same numbers as a whole rea
 from __future__ import annotations
 
 import math
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -107,6 +108,17 @@ def test_planted_counts_are_exact(made):
     got = tensor_stats(ckpt, "planted" + V)
     assert (got["nan"], got["inf"]) == (7, 5)
     assert got["zeros"] == pytest.approx(5 / 1000)
+
+
+@pytest.mark.parametrize("threshold_bytes,chunk_bytes", [(1 << 40, None), (0, 16)])
+def test_mixed_infinities_warn_nothing(made, threshold_bytes, chunk_bytes):
+    """+Inf and -Inf in one chunk sum to NaN: numpy's RuntimeWarning must not reach stderr."""
+    ckpt, values = made
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = tensor_stats(ckpt, "planted" + V, threshold_bytes=threshold_bytes,
+                           chunk_bytes=chunk_bytes)
+    assert_matches(got, reference(values["planted"]))
 
 
 def test_all_nan_tensor_has_null_moments(made):

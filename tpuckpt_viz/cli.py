@@ -133,7 +133,7 @@ def _cmd_stats(args) -> None:
     from .errors import UserError
     from .output import write
     from .reader import open_checkpoint
-    from .stats import tensor_stats
+    from .stats import iter_stats
 
     try:
         pattern = re.compile(args.match) if args.match else None
@@ -142,14 +142,14 @@ def _cmd_stats(args) -> None:
     ckpt = open_checkpoint(args.path)
     records = [r for r in list_records(ckpt)
                if not pattern or pattern.search(r["name"]) or pattern.search(r["key"])]
+    names = {r["key"]: r["name"] for r in records}
     progress = Progress("stats")
-    out, done_bytes = [], 0
-    for i, rec in enumerate(records):
-        progress(i, len(records), rec["name"], done_bytes)
-        stats = tensor_stats(ckpt, rec["key"])
-        stats["name"] = rec["name"]
+    # One engine pass: each tensor read once, the next chunks read ahead while this one is
+    # reduced; progress (tensors and bytes) on stderr for reads over a second.
+    out = []
+    for stats in iter_stats(ckpt, names, progress=progress, labels=names):
+        stats["name"] = names[stats["key"]]
         out.append(stats)
-        done_bytes += rec["nbytes"]
     progress.close()
     write(out, args.format, STATS_COLUMNS)
 

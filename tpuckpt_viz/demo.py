@@ -66,7 +66,9 @@ def make_demo(run_dir: str | os.PathLike | None = None, steps: int = STEPS,
     work = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=run_dir.parent))
     t.keras.utils.set_random_seed(SEED)
     model = build_model()
-    optimizer = t.keras.optimizers.Adam(learning_rate=1e-2)
+    # Named: Keras numbers unnamed optimizers per process ("adam_1", ...), and the slot names
+    # in the checkpoint ("adam/dense_kernel_momentum") must not depend on what ran before.
+    optimizer = t.keras.optimizers.Adam(learning_rate=1e-2, name="adam")
     loss_fn = t.keras.losses.SparseCategoricalCrossentropy()
     step = t.Variable(0, dtype=t.int64, name="global_step", trainable=False)
     ckpt = t.train.Checkpoint(model=model, optimizer=optimizer, step=step)

@@ -19,7 +19,9 @@ from .catalog import list_records
 from .errors import UserError
 from .reader import Checkpoint, open_checkpoint
 from .sources import run_checkpoints
-from .stats import Accumulator
+from . import config
+from .stats import (Accumulator, PairAccumulator, delta_sumsq, read_ahead,
+                    tensor_chunks, widen)
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -49,18 +51,13 @@ def _aligned(a: Iterable[np.ndarray], b: Iterable[np.ndarray]) -> Iterator[tuple
         ca, cb = ca[n:], cb[n:]
 
 
-def _bits(x: np.ndarray) -> np.ndarray:
-    """An unsigned-integer view of the raw bytes, for a bit-for-bit comparison."""
-    if x.dtype.kind == "O":
-        return x
-    size = x.dtype.itemsize
-    if size in (1, 2, 4, 8):
-        return x.view(f"u{size}")
-    return x.view(np.uint8)
-
-
 def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) -> dict:
-    """One streamed pass over a tensor present on both sides (same shape and dtype)."""
+    """One streamed pass over a tensor present on both sides (same shape and dtype).
+
+    Both sides are read once, a chunk of each at a time (the next chunks read ahead in a
+    background thread for tensors of several chunks), and reduced by
+    :class:`tpuckpt_viz.stats.PairAccumulator`.
+    """
     entry = ckpt_a.entries[key_a]
     numeric = entry.dtype not in ("string", "resource", "variant")
     if not numeric:
@@ -68,33 +65,13 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
                               np.asarray(ckpt_b.read_raw(key_b)))
         return {"identical": bool(same), "l2_a": None, "l2_b": None, "delta_l2": None,
                 "rel_change": None, "cosine": None, "max_abs_delta": None}
-    identical = True
-    sa = sb = sd = dot = 0.0
-    max_abs = 0.0
-    for ca, cb in _aligned(ckpt_a.chunks(key_a), ckpt_b.chunks(key_b)):
-        if identical and not np.array_equal(_bits(ca), _bits(cb)):
-            identical = False
-        a = ca.astype(np.float64) if ca.dtype.kind != "c" else np.abs(ca)
-        b = cb.astype(np.float64) if cb.dtype.kind != "c" else np.abs(cb)
-        d = b - a
-        sa += float(np.dot(a, a))
-        sb += float(np.dot(b, b))
-        sd += float(np.dot(d, d))
-        dot += float(np.dot(a, b))
-        if d.size:
-            max_abs = max(max_abs, float(np.max(np.abs(d))))
-    l2_a, l2_b, delta = math.sqrt(sa), math.sqrt(sb), math.sqrt(sd)
-    if identical:  # NaN - NaN is NaN, but identical bits did not move
-        delta, max_abs = 0.0, 0.0
-    return {
-        "identical": identical,
-        "l2_a": _finite_or_none(l2_a),
-        "l2_b": _finite_or_none(l2_b),
-        "delta_l2": _finite_or_none(delta),
-        "rel_change": _finite_or_none(delta / l2_a) if l2_a > 0 else None,
-        "cosine": _finite_or_none(dot / (l2_a * l2_b)) if l2_a > 0 and l2_b > 0 else None,
-        "max_abs_delta": _finite_or_none(max_abs),
-    }
+    acc = PairAccumulator()
+    pairs = _aligned(tensor_chunks(ckpt_a, key_a), tensor_chunks(ckpt_b, key_b))
+    if entry.nbytes > config.get_int("chunk_mb") << 20:
+        pairs = read_ahead(pairs)
+    for ca, cb in pairs:
+        acc.add(ca, cb)
+    return acc.result()
 
 
 def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
@@ -214,7 +191,7 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list
     pattern = _compile(match)
     recs = list_records(curr)
     prev_by_name = {r["name"]: r for r in list_records(prev)} if prev else {}
-    rows = []
+    todo = []
     for r in recs:
         if r["dtype"] in ("string", "resource", "variant"):
             continue
@@ -222,23 +199,39 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list
             continue
         if pattern and not (pattern.search(r["name"]) or pattern.search(r["key"])):
             continue
-        acc = Accumulator()
         p = prev_by_name.get(r["name"])
         comparable = p is not None and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
-        delta_sq = 0.0
-        if comparable:
-            for cp, cc in _aligned(prev.chunks(p["key"]), curr.chunks(r["key"])):
-                acc.add(cc)
-                d = cc.astype(np.float64) - cp.astype(np.float64)
-                delta_sq += float(np.dot(d, d))
-        else:
-            for cc in curr.chunks(r["key"]):
-                acc.add(cc)
+        todo.append((r, p if comparable else None))
+
+    def source():
+        # Every tensor of the pair of checkpoints in one stream, so that a background thread
+        # reads the next chunks (of this tensor or the next) while this one is reduced.
+        for i, (r, p) in enumerate(todo):
+            if p is not None:
+                pairs = _aligned(tensor_chunks(prev, p["key"]), tensor_chunks(curr, r["key"]))
+                for cp, cc in pairs:
+                    yield i, widen(cp.reshape(-1)), widen(cc.reshape(-1))
+            else:
+                for cc in tensor_chunks(curr, r["key"]):
+                    yield i, None, widen(cc.reshape(-1))
+            yield i, None, None
+
+    rows = []
+    acc, delta_sq = Accumulator(), 0.0
+    for i, cp, cc in read_ahead(source()):
+        if cc is not None:
+            acc.add(cc)
+            if cp is not None:
+                delta_sq += delta_sumsq(cp, cc)
+            continue
+        r, p = todo[i]
         stats = acc.result()
         rows.append({"name": r["name"], "kind": r["kind"], "layer": r["layer"],
                      "key": r["key"], "l2": stats["l2"], "nan": stats["nan"],
                      "inf": stats["inf"],
-                     "delta_l2": _finite_or_none(math.sqrt(delta_sq)) if comparable else None})
+                     "delta_l2": _finite_or_none(math.sqrt(delta_sq)) if p is not None
+                     else None})
+        acc, delta_sq = Accumulator(), 0.0
     with _cache_lock:
         if len(_transition_cache) >= _CACHE_LIMIT:
             _transition_cache.pop(next(iter(_transition_cache)))

@@ -240,6 +240,114 @@ def new_accumulator(numel: int, sample_size: int = HISTOGRAM_SAMPLE) -> Accumula
     return Accumulator(sample_every=max(1, -(-numel // sample_size)))
 
 
+def _sums_ok(n: int, *sums: float) -> bool:
+    """Whether float32 sums of squares are trustworthy: finite, and not so small that the
+    squares underflowed float32 (zero is fine)."""
+    return all(math.isfinite(v) and (v == 0.0 or v >= n * 1e-30) for v in sums)
+
+
+def sumsq(x: np.ndarray) -> float:
+    """Sum of squares of a widened chunk, in float64 (NaN if it holds a NaN)."""
+    if x.dtype == np.float32 and x.size >= FLOAT32_SUMS_FROM:
+        s = row_sums(x, x)
+        if _sums_ok(x.size, s):
+            return s
+    y = x.astype(np.float64, copy=False)
+    return row_sums(y, y)
+
+
+def delta_sumsq(a: np.ndarray, b: np.ndarray) -> float:
+    """``||b - a||^2`` of two widened chunks of the same length (float64 result)."""
+    if a.dtype == b.dtype == np.float32 and a.size >= FLOAT32_SUMS_FROM:
+        d = b - a
+        sd = row_sums(d, d)
+        if _sums_ok(a.size, sd):
+            return sd
+    d = b.astype(np.float64) - a.astype(np.float64)
+    return row_sums(d, d)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    size = a.dtype.itemsize
+    if a.dtype.kind in "fcViub" and size in (1, 2, 4, 8):
+        return bool(np.array_equal(a.view(f"u{size}"), b.view(f"u{size}")))
+    return bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+
+
+@dataclass
+class PairAccumulator:
+    """One pass over two tensors of the same shape and dtype, a chunk of each at a time:
+    ``||a||^2``, ``||b||^2``, ``||b - a||^2``, ``a . b``, ``max |b - a|`` and whether the
+    bytes are identical. Sums run over every element (a NaN makes them NaN); chunks whose
+    bytes are identical on both sides add nothing to the difference.
+    """
+
+    identical: bool = True
+    count: int = 0
+    sa: float = 0.0
+    sb: float = 0.0
+    sd: float = 0.0
+    dot: float = 0.0
+    max_abs: float = 0.0
+
+    def add(self, ca: np.ndarray, cb: np.ndarray) -> None:
+        n = ca.size
+        if n == 0:
+            return
+        self.count += n
+        same = _same_bits(ca, cb)
+        self.identical = self.identical and same
+        a, b = widen(ca.reshape(-1)), widen(cb.reshape(-1))
+        if same:  # nothing moved: one sum of squares serves all three
+            s = sumsq(a)
+            self.sa += s
+            self.sb += s
+            self.dot += s
+            return
+        if a.dtype == b.dtype == np.float32 and n >= FLOAT32_SUMS_FROM:
+            d = b - a
+            sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
+            if not _sums_ok(n, *sums[:3]) or not math.isfinite(sums[3]):
+                a, b = a.astype(np.float64), b.astype(np.float64)
+                sums = None
+        else:
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            sums = None
+        if sums is None:
+            d = b - a
+            sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
+        self.sa += sums[0]
+        self.sb += sums[1]
+        self.sd += sums[2]
+        self.dot += sums[3]
+        top = max(float(d.max()), -float(d.min()))
+        self.max_abs = top if top != top else max(self.max_abs, top)  # NaN sticks
+
+    def result(self) -> dict:
+        """``identical``, ``l2_a``, ``l2_b``, ``delta_l2``, ``rel_change``, ``cosine``,
+        ``max_abs_delta`` (None where not finite or not defined)."""
+        l2_a, l2_b = math.sqrt(self.sa), math.sqrt(self.sb)
+        delta, max_abs = math.sqrt(self.sd), self.max_abs
+        if self.identical:  # NaN - NaN is NaN, but identical bits did not move
+            delta, max_abs = 0.0, 0.0
+        return {
+            "identical": self.identical,
+            "l2_a": _finite_or_none(l2_a),
+            "l2_b": _finite_or_none(l2_b),
+            "delta_l2": _finite_or_none(delta),
+            "rel_change": _finite_or_none(delta / l2_a) if l2_a > 0 else None,
+            "cosine": _finite_or_none(self.dot / (l2_a * l2_b)) if l2_a > 0 and l2_b > 0
+            else None,
+            "max_abs_delta": _finite_or_none(max_abs),
+        }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
 # ----------------------------------------------------------------------------- reading
 
 def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,

@@ -81,7 +81,7 @@ st.subheader(name)
 st.caption(f"key `{row['key']}` · {row['kind']} · shape {row['shape']} · {row['dtype']}")
 
 
-def _render_stats(view, title: str, column) -> None:
+def _render_stats(view, title: str, column, label: str | None = None) -> None:
     if view.strings is not None:
         column.write(f"{len(view.strings)} string value(s) shown:")
         column.dataframe({"value": view.strings}, width="stretch")
@@ -98,7 +98,7 @@ def _render_stats(view, title: str, column) -> None:
         note = (f"all {view.finite:,} finite values" if view.sampled >= view.finite
                 else f"sampled {view.sampled:,} of {view.finite:,} finite values")
         column.plotly_chart(charts.histogram(view.counts, view.edges,
-                                             f"{title}: histogram ({note})"),
+                                             f"{label or title}: histogram ({note})"),
                             width="stretch", key=f"hist_{title}")
 
 
@@ -132,8 +132,12 @@ if len(slots):
             continue
         slot_views[f"{slot_row['slot']} ({slot_row['name']})"] = slot_view
         col.markdown(f"**{slot_row['slot']}** · `{slot_row['name']}`")
-        _render_stats(slot_view, slot_row["name"], col)
-    st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch")
+        # The slot's short name titles its histogram: the full name does not fit half a page.
+        _render_stats(slot_view, slot_row["name"], col, label=slot_row["slot"])
+    number = st.column_config.NumberColumn(format="%.4g")
+    st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch",
+                 key="slot_stats", column_config={c: number for c in
+                                                  ("min", "max", "mean", "std", "l2", "zeros")})
 elif row["slot_of"]:
     owner = table[table["key"] == row["slot_of"]]
     st.info(f"This is the `{row['slot']}` slot of `{owner.iloc[0]['name'] if len(owner) else row['slot_of']}`.")

@@ -109,7 +109,11 @@ with two:
         both = shown[shown["status"].isin(["changed", "same"])
                      & ~shown["dtype_a"].isin(["string"])]
         if len(both):
-            pick = st.selectbox("Variable to compare", list(both["name"]), key="cmp_var")
+            # Most changed first, as in the table; the default is the most changed weight.
+            both = both.sort_values("rel_change", ascending=False, na_position="last")
+            weights = list(both["kind"] == "weight")
+            pick = st.selectbox("Variable to compare", list(both["name"]), key="cmp_var",
+                                index=weights.index(True) if True in weights else 0)
             row = both[both["name"] == pick].iloc[0]
             try:
                 sa, sb, delta = _pair_values(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix,

@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Benchmark of the statistics engine: prints one JSON object.
+
+    python benchmarks/bench.py            # full sizes: several minutes, ~6 GiB in a temp folder
+    python benchmarks/bench.py --quick    # tiny sizes, seconds (the test suite runs this)
+
+Every figure is a ratio measured side by side in the same run (the engine, then the
+baseline, repetition after repetition), the median of the per-repetition ratios:
+
+- ``stats_vs_read``: statistics of every tensor of a ~1 GiB checkpoint of ~500 float32 tensors
+  (open, list with names and kinds, stats: what ``python -m tpuckpt_viz stats`` does) against a
+  bare loop calling ``CheckpointReader.get_tensor`` on every tensor. Target <= 1.25.
+- ``diff_vs_read``: ``diff_checkpoints`` of two such checkpoints against the bare loop over
+  both. Target <= 1.5.
+- ``peak_rss_mb_over_base``: in a child process, peak resident memory (``ru_maxrss``) of the
+  ``stats`` command on a checkpoint holding one 2 GiB float32 tensor, minus the resident
+  memory after importing TensorFlow. Target <= 600.
+- ``list_vs_raw``: ``catalog.list_records`` (readable names, kinds, slot links) of a 20,000
+  entry TF2 object-based checkpoint whose object graph holds optimizer slots, against a bare
+  ``tf.train.list_variables``. Target <= 10.
+- ``bf16_stats_vs_read``: as ``stats_vs_read`` on a ~1 GiB bfloat16 checkpoint. Target <= 1.5.
+- ``cli_stats_vs_read`` (extra): whole processes, ``python -m tpuckpt_viz stats --format json``
+  against a process running the bare loop, each less a process that only imports TensorFlow.
+
+Inputs are generated in a temporary folder (removed at the end) by a child process, so the
+memory used to write them is given back before anything is timed. Nothing is written into the
+repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIZES = {
+    "full": {"tensors": 500, "bytes": 1 << 30, "big_bytes": 2 << 30, "list_vars": 20000,
+             "reps": 3, "cli_reps": 3},
+    "quick": {"tensors": 12, "bytes": 6 << 20, "big_bytes": 24 << 20, "list_vars": 300,
+              "reps": 3, "cli_reps": 1},
+}
+
+
+# ------------------------------------------------------------------------ input generation
+
+def _quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tpuckpt_viz.tfcompat import tf
+
+    return tf()
+
+
+def _sizes(n: int, total: int, itemsize: int) -> list[int]:
+    """Element counts of ``n`` tensors adding up to about ``total`` bytes, varied in size."""
+    weights = [0.5 + (i % 10) / 9 for i in range(n)]  # 0.5x .. 1.5x the mean
+    scale = total / itemsize / sum(weights)
+    return [max(1, int(w * scale)) for w in weights]
+
+
+def _dense(tf, prefix: str, n: int, total: int, dtype: str, seed: int, twin: str | None = None):
+    """A checkpoint of ``n`` tensors of ``dtype`` (random normal), written by SaveV2.
+
+    With ``twin``, also a second checkpoint where nine tensors in ten moved a little
+    (b = 0.999 a + 0.001) and the tenth is bit-for-bit the same (as frozen layers are).
+    """
+    import numpy as np
+
+    tf_dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16}[dtype]
+    itemsize = 4 if dtype == "float32" else 2
+    rng = np.random.default_rng(seed)
+    names, tensors = [], []
+    for i, numel in enumerate(_sizes(n, total, itemsize)):
+        part = ("kernel", "bias", "gamma", "embeddings")[i % 4]
+        names.append(f"model/layer_{i:04d}/{part}/.ATTRIBUTES/VARIABLE_VALUE")
+        values = rng.standard_normal(numel, dtype=np.float32)
+        if part == "gamma":
+            values = 1.0 + 0.01 * values  # a mean that dwarfs the spread
+        tensors.append(tf.cast(tf.constant(values), tf_dtype))
+        del values
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * n,
+                      tensors=tensors)
+    if twin:
+        moved = [t if i % 10 == 9 else tf.cast(tf.cast(t, tf.float32) * 0.999 + 0.001, tf_dtype)
+                 for i, t in enumerate(tensors)]
+        tf.raw_ops.SaveV2(prefix=twin, tensor_names=names, shape_and_slices=[""] * n,
+                          tensors=moved)
+
+
+def _big(tf, prefix: str, nbytes: int):
+    """One float32 tensor of ``nbytes`` (uniform random), plus a step counter."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    values = tf.constant(rng.random(nbytes // 4, dtype=np.float32))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["embedding/table", "global_step"],
+                      shape_and_slices=["", ""], tensors=[values, tf.constant(1000, tf.int64)])
+
+
+def _many(tf, prefix: str, entries: int):
+    """A TF2 object-based checkpoint (``tf.train.Checkpoint``) of about ``entries`` entries:
+    layers of a kernel and a bias, each with Adam slots ``m`` and ``v`` recorded as
+    ``slot_variables`` in the object graph.
+
+    The slots are made as plain variables and handed to a TF1 ``AdamOptimizer`` (the graph
+    writer asks the optimizer for them by name): its own slot creation measured 4 ms a
+    variable here, 55 s for 20,000 entries.
+    """
+    from tensorflow.python.training import optimizer as optimizer_v1
+
+    layers = max(1, entries // 6)
+    model = tf.Module()
+    model.layers = []
+    for i in range(layers):
+        layer = tf.Module(name=f"dense_{i}")
+        layer.kernel = tf.Variable(tf.zeros([2, 2]), name=f"dense_{i}/kernel")
+        layer.bias = tf.Variable(tf.zeros([2]), name=f"dense_{i}/bias")
+        model.layers.append(layer)
+    variables = [v for layer in model.layers for v in (layer.kernel, layer.bias)]
+    opt = tf.compat.v1.train.AdamOptimizer(0.001)
+    for slot in ("m", "v"):
+        opt._slots[slot] = {optimizer_v1._var_key(v): tf.Variable(tf.zeros_like(v))
+                            for v in variables}
+    first = variables[0]
+    opt._create_non_slot_variable(initial_value=0.9, name="beta1_power", colocate_with=first)
+    opt._create_non_slot_variable(initial_value=0.999, name="beta2_power", colocate_with=first)
+    tf.train.Checkpoint(model=model, optimizer=opt).write(prefix)
+
+
+def make_inputs(folder: str, size: dict) -> dict:
+    """Write every input checkpoint into ``folder`` (run in a child process)."""
+    tf = _quiet_tf()
+    paths = {"f32_a": f"{folder}/f32_a/ckpt", "f32_b": f"{folder}/f32_b/ckpt",
+             "bf16": f"{folder}/bf16/ckpt", "big": f"{folder}/big/ckpt",
+             "many": f"{folder}/many/ckpt"}
+    for path in paths.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    _dense(tf, paths["f32_a"], size["tensors"], size["bytes"], "float32", 1, twin=paths["f32_b"])
+    _dense(tf, paths["bf16"], size["tensors"], size["bytes"], "bfloat16", 2)
+    _big(tf, paths["big"], size["big_bytes"])
+    _many(tf, paths["many"], size["list_vars"])
+    return paths
+
+
+# ------------------------------------------------------------------------------ workloads
+
+def bare_read(prefixes: list[str]) -> None:
+    """The baseline: TensorFlow's reader, ``get_tensor`` on every tensor."""
+    tf = _quiet_tf()
+    for prefix in prefixes:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+
+
+def engine_stats(prefix: str) -> list[dict]:
+    """What the ``stats`` command does, without printing: open, list, one engine pass."""
+    from tpuckpt_viz.catalog import list_records
+    from tpuckpt_viz.reader import open_checkpoint
+    from tpuckpt_viz.stats import iter_stats
+
+    ckpt = open_checkpoint(prefix)
+    names = {r["key"]: r["name"] for r in list_records(ckpt)}
+    return list(iter_stats(ckpt, names, labels=names))
+
+
+def engine_diff(prefix_a: str, prefix_b: str) -> list[dict]:
+    from tpuckpt_viz.diff import diff_checkpoints
+    from tpuckpt_viz.reader import open_checkpoint
+
+    return diff_checkpoints(open_checkpoint(prefix_a), open_checkpoint(prefix_b))
+
+
+def engine_list(prefix: str) -> list[dict]:
+    from tpuckpt_viz.catalog import list_records
+    from tpuckpt_viz.reader import open_checkpoint
+
+    return list_records(open_checkpoint(prefix))
+
+
+def raw_list(prefix: str):
+    return _quiet_tf().train.list_variables(prefix)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def side_by_side(reps: int, engine, baseline) -> dict:
+    """Median ratio engine/baseline over ``reps`` back-to-back pairs (after one warm-up)."""
+    engine()
+    baseline()
+    ratios, t_engine, t_base = [], [], []
+    for _ in range(reps):
+        te, tb = _timed(engine), _timed(baseline)
+        ratios.append(te / tb)
+        t_engine.append(te)
+        t_base.append(tb)
+    return {"ratio": statistics.median(ratios), "engine_s": statistics.median(t_engine),
+            "baseline_s": statistics.median(t_base)}
+
+
+# ------------------------------------------------------------------------- child processes
+
+def peak_rss_child(prefix: str) -> dict:
+    """In this (child) process: RSS after importing TensorFlow, then the ``stats`` command's
+    peak RSS. Linux reports ``ru_maxrss`` in KiB (macOS in bytes)."""
+    import resource
+
+    _quiet_tf()
+    from tpuckpt_viz import cli  # noqa: F401  (the command's own imports)
+
+    def current_mb() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return _maxrss_mb(resource)
+
+    base = current_mb()
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = cli.main(["stats", prefix, "--format", "json"])
+    return {"base_mb": base, "peak_mb": _maxrss_mb(resource), "status": status}
+
+
+def _maxrss_mb(resource) -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _child(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=str(ROOT), timeout=timeout, check=False)
+
+
+def _json_child(*args: str) -> dict:
+    out = _child(str(Path(__file__).resolve()), *args)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args[0]} failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_BARE_PROCESS = (
+    "import sys\n"
+    "from tpuckpt_viz.tfcompat import tf\n"
+    "r = tf().compat.v1.train.NewCheckpointReader(sys.argv[1])\n"
+    "for k in r.get_variable_to_shape_map(): r.get_tensor(k)\n"
+)
+_IMPORT_ONLY = "from tpuckpt_viz.tfcompat import tf\ntf()\n"
+
+
+def cli_side_by_side(prefix: str, reps: int) -> dict:
+    """Whole processes: the CLI, a bare read loop, and TensorFlow's import alone."""
+    def run(*args) -> float:
+        start = time.perf_counter()
+        out = _child(*args)
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"{args}: {out.stderr.strip()[-2000:]}")
+        return elapsed
+
+    cli = ("-m", "tpuckpt_viz", "stats", prefix, "--format", "json")
+    run(*cli)  # warm the page cache and the interpreter's file caches
+    ratios, t_cli, t_bare, t_imp = [], [], [], []
+    for _ in range(reps):
+        imp = run("-c", _IMPORT_ONLY)
+        c = run(*cli)
+        b = run("-c", _BARE_PROCESS, prefix)
+        ratios.append(max(c - imp, 1e-3) / max(b - imp, 1e-3))
+        t_cli.append(c)
+        t_bare.append(b)
+        t_imp.append(imp)
+    return {"ratio": statistics.median(ratios), "cli_s": statistics.median(t_cli),
+            "bare_s": statistics.median(t_bare), "import_s": statistics.median(t_imp)}
+
+
+# ----------------------------------------------------------------------------------- main
+
+def _machine() -> dict:
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import tensorflow as tf_module
+        tf_version = tf_module.__version__
+    except Exception:  # pragma: no cover
+        tf_version = None
+    return {"cpu_count": os.cpu_count(), "cpu": cpu, "numpy": np.__version__,
+            "tensorflow": tf_version, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def run_benchmark(mode: str, keep: str | None = None) -> dict:
+    size = SIZES[mode]
+    reps = size["reps"]
+    folder = keep or tempfile.mkdtemp(prefix="tpuckpt-bench-")
+    started = time.perf_counter()
+    try:
+        if not (keep and Path(folder, "done.json").exists()):
+            paths = _json_child("--make", folder, mode)
+            if keep:
+                Path(folder, "done.json").write_text(json.dumps(paths))
+        else:
+            paths = json.loads(Path(folder, "done.json").read_text())
+        generated = time.perf_counter() - started
+        _quiet_tf()
+
+        a, b, bf16 = paths["f32_a"], paths["f32_b"], paths["bf16"]
+        stats = side_by_side(reps, lambda: engine_stats(a), lambda: bare_read([a]))
+        diff = side_by_side(reps, lambda: engine_diff(a, b), lambda: bare_read([a, b]))
+        bf = side_by_side(reps, lambda: engine_stats(bf16), lambda: bare_read([bf16]))
+        many = side_by_side(reps, lambda: engine_list(paths["many"]),
+                            lambda: raw_list(paths["many"]))
+        rss = _json_child("--rss", paths["big"])
+        if rss["status"] != 0:
+            raise RuntimeError(f"stats on the big checkpoint failed: {rss}")
+        cli = cli_side_by_side(a, size["cli_reps"])
+        listed = len(raw_list(paths["many"]))
+        return {
+            "stats_vs_read": round(stats["ratio"], 3),
+            "diff_vs_read": round(diff["ratio"], 3),
+            "peak_rss_mb_over_base": round(rss["peak_mb"] - rss["base_mb"], 1),
+            "list_vs_raw": round(many["ratio"], 3),
+            "bf16_stats_vs_read": round(bf["ratio"], 3),
+            "cli_stats_vs_read": round(cli["ratio"], 3),
+            "targets": {"stats_vs_read": 1.25, "diff_vs_read": 1.5,
+                        "peak_rss_mb_over_base": 600, "list_vs_raw": 10,
+                        "bf16_stats_vs_read": 1.5},
+            "seconds": {
+                "stats": round(stats["engine_s"], 4), "read": round(stats["baseline_s"], 4),
+                "diff": round(diff["engine_s"], 4), "read_both": round(diff["baseline_s"], 4),
+                "bf16_stats": round(bf["engine_s"], 4), "bf16_read": round(bf["baseline_s"], 4),
+                "list": round(many["engine_s"], 4), "list_raw": round(many["baseline_s"], 4),
+                "cli_stats_process": round(cli["cli_s"], 3),
+                "bare_read_process": round(cli["bare_s"], 3),
+                "import_tensorflow_process": round(cli["import_s"], 3),
+                "generate_inputs": round(generated, 1),
+            },
+            "rss_mb": {"base": round(rss["base_mb"], 1), "peak": round(rss["peak_mb"], 1)},
+            "inputs": {"mode": mode, "tensors": size["tensors"], "bytes": size["bytes"],
+                       "big_tensor_bytes": size["big_bytes"], "list_entries": listed,
+                       "repetitions": reps, "cli_repetitions": size["cli_reps"]},
+            "machine": _machine(),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="generate inputs into DIR once and reuse them (not removed)")
+    parser.add_argument("--make", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--rss", metavar="PREFIX", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.make:
+        print(json.dumps(make_inputs(args.make[0], SIZES[args.make[1]])))
+        return 0
+    if args.rss:
+        print(json.dumps(peak_rss_child(args.rss)))
+        return 0
+    result = run_benchmark("quick" if args.quick else "full", args.keep)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
