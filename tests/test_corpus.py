@@ -435,8 +435,9 @@ def test_browse_page(corpus, app_env, case_id):
     assert at.metric and not [e.value for e in at.error if "outside" in e.value]
     names = at.selectbox(key="tensor").options
     if case.expect.get("stats") == 1:
-        # Reading fails: the error is on the page, the listing too.
-        for name in names:
+        # Reading fails: the error is on the page, the listing too (a few tensors suffice:
+        # each rerun costs a fraction of a second).
+        for name in names[:: max(1, len(names) // 4)][:5]:
             at.selectbox(key="tensor").set_value(name)
             at.run()
             assert not at.exception, (case.id, name, [e.value for e in at.exception])

@@ -218,6 +218,30 @@ def test_bad_inputs_name_the_expected_shape_and_dtype(shared):
     assert "Graph execution error" not in message
 
 
+def test_tf1_graph_feeds_are_shape_checked(shared):
+    # tf.saved_model.load would broadcast [2] against the [-1, 1] placeholder; the TF1
+    # session (and TF Serving) refuse it, and so do we, with the session's own words.
+    for bad, shape in (("[1.0, 2.0]", r"\(2,\)"), ("[[1.0, 2.0]]", r"\(1, 2\)"), ("1.0", r"\(\)")):
+        with pytest.raises(UserError, match=rf"Cannot feed value of shape {shape} for Tensor "
+                                            r"x:0, which has shape \(None, 1\) \(it declares "
+                                            r"x: float32 \[-1, 1\]\)"):
+            run(shared, HALF_PLUS_TWO, inputs={"x": bad})
+
+
+def test_unreadable_checkpoints_fail_clearly(tf, tmp_path):
+    ckpt = tf.train.Checkpoint(w=tf.Variable(np.ones((64, 64), np.float32)))
+    prefix = ckpt.write(str(tmp_path / "trunc" / "ckpt"))
+    data = tmp_path / "trunc" / "ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(UserError, match="is its data file complete"):
+        inf.run_inference(prefix, device="cpu")
+    prefix = str(tmp_path / "raw" / "ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=tf.constant([b"bad\xffname"]),
+                      shape_and_slices=tf.constant([""]), tensors=[tf.ones((2,))])
+    with pytest.raises(UserError, match="not UTF-8"):
+        inf.run_inference(prefix, device="cpu")
+
+
 # --------------------------------------------------------------------------------------------
 # Safety scan
 

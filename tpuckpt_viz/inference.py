@@ -878,8 +878,9 @@ def _missing_op_hint(exc: BaseException) -> str | None:
 class _SavedModelEntry:
     """One SavedModel loaded on one device: the TF2 object, else a TF1 session."""
 
-    def __init__(self, path: str, tags: tuple[str, ...], device: str):
+    def __init__(self, path: str, tags: tuple[str, ...], device: str, tf1_graph: bool):
         self.path, self.tags, self.device = path, tags, device
+        self.tf1_graph = tf1_graph  # a TF1 export (no object graph): feeds are shape-checked
         self.lock = threading.Lock()
         self.tf2 = None
         self.tf2_error: BaseException | None = None
@@ -926,6 +927,16 @@ class _SavedModelEntry:
         t = tf()
         fn = self.tf2.signatures[signature]
         _, spec = fn.structured_input_signature
+        if self.tf1_graph:
+            # TF2 wraps a TF1 graph without checking feeds (half_plus_two would take [2] for
+            # its [-1, 1] input and broadcast); TF Serving and the TF1 session refuse such
+            # feeds. The shapes here are the graph's own static ones (not the signature's
+            # declarations, which can be wrong), so refusing matches what the session does;
+            # the caller then asks the TF1 session, whose own message is what the user sees.
+            for k, v in inputs.items():
+                if k in spec and not spec[k].shape.is_compatible_with(np.shape(v)):
+                    raise ValueError(f"Cannot feed value of shape {np.shape(v)} for input {k!r}, "
+                                     f"which has shape {spec[k].shape}")
         with t.device(self.device):
             tensors = {k: t.constant(v, dtype=spec[k].dtype if k in spec else None)
                        for k, v in inputs.items()}
@@ -1065,7 +1076,9 @@ def run_saved_model(path: str, tags=None, signature: str | None = None, inputs=N
     if _mutates_state(mg, sig.name):
         repeats = 1
     key = (_norm_dir(path), mg_info.tags, name)
-    entry = _SAVED_MODELS.entry(key, lambda: _SavedModelEntry(path, mg_info.tags, name))
+    tf1_graph = not mg.object_graph_def.nodes
+    entry = _SAVED_MODELS.entry(key, lambda: _SavedModelEntry(path, mg_info.tags, name,
+                                                              tf1_graph))
     try:
         outputs, latency, runs = entry.run(sig, arrays, repeats)
     except UserError:
@@ -1175,9 +1188,12 @@ def _restore_report(prefix: str, model) -> tuple[dict, str | None]:
 
     try:
         reader = tf().train.load_checkpoint(prefix)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot read checkpoint {prefix}: {first_line(exc)}")
-    shapes = reader.get_variable_to_shape_map()
+        shapes = reader.get_variable_to_shape_map()
+    except UnicodeDecodeError:
+        raise UserError(f"checkpoint {prefix} has variable names that are not UTF-8: "
+                        "TensorFlow cannot restore it into a model; open it in Browse") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable index, missing shards
+        raise UserError(f"cannot read checkpoint {prefix}: {first_line(exc)}") from None
     keys = sorted(k for k in shapes if k != OBJECT_GRAPH_KEY)
     model_vars = list(model.variables)
     empty = {"status": "nothing matched", "matched": 0,
@@ -1185,7 +1201,11 @@ def _restore_report(prefix: str, model) -> tuple[dict, str | None]:
     if not reader.has_tensor(OBJECT_GRAPH_KEY):
         return empty, None
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    try:
+        graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    except Exception as exc:  # noqa: BLE001 - truncated data shard, corrupt proto
+        raise UserError(f"cannot read the object graph of checkpoint {prefix}: "
+                        f"{first_line(exc)}: is its data file complete?") from None
     if not graph.nodes:
         return empty, None
     root = graph.nodes[0]

@@ -363,7 +363,7 @@ def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
     if threshold_bytes is None and ckpt.streamable(key):
         from . import bundle
 
-        ckpt._check(key)  # the friendly errors (unknown key, missing shard)
+        # bundle checks the shard itself (a missing shard is a UserError that says so).
         chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
         return bundle.iter_chunks(ckpt.index, key, chunk_bytes)
     return ckpt.chunks(key, chunk_bytes=chunk_bytes, threshold_bytes=threshold_bytes)
