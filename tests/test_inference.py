@@ -306,7 +306,7 @@ def test_scan_allows_when_told(unsafe_saved_model, tmp_path, monkeypatch):
 
 def test_half_plus_two_passes_the_scan_despite_its_saver(shared):
     path = str(shared / HALF_PLUS_TWO)
-    proto = inf._read_saved_model(path)
+    proto = inf.read_saved_model(path)
     assert "SaveV2" in {n.op for n in proto.meta_graphs[0].graph_def.node}
     for sig in ("serving_default", "regress_x_to_y", "classify_x_to_y"):
         assert inf.scan_signature(path, signature=sig) == []
@@ -578,3 +578,77 @@ def test_auto_device_and_concurrent_sessions(shared, tf):
     assert sorted(results) == [(i, 0.5 * i + 2, expected.name if expected.kind != "tpu"
                                 else "/device:CPU:0") for i in range(6)]
     assert not math.isnan(results[0][1])
+
+
+# --------------------------------------------------------------------------------------------
+# What the Infer page and the CLI's newer flags use
+
+def test_dashboard_text_never_names_a_file(tmp_path):
+    np.save(tmp_path / "a.npy", np.array([1.0]))
+    with pytest.raises(UserError, match="not a JSON literal; expected float32"):
+        inf.parse_input_value(str(tmp_path / "a.npy"), "float32", [-1], files=False)
+    assert inf.parse_input_value("[1, 2]", "float32", files=False).tolist() == [1, 2]
+
+
+def test_read_array_bytes_for_uploads(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([[1.0], [2.0]]))
+    assert inf.read_array_bytes(buf.getvalue(), "up.npy").tolist() == [[1], [2]]
+    assert inf.read_array_bytes(b"a,b\n1,2\n", "up.csv") == [["1", "2"]]
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="cannot read up.npy"):
+        inf.read_array_bytes(buf.getvalue(), "up.npy")
+    with pytest.raises(UserError, match="not UTF-8"):
+        inf.read_array_bytes(b"\xff\xfe1", "up.csv")
+    with pytest.raises(UserError, match="not a .npy, .npz or .csv"):
+        inf.read_array_bytes(b"1", "up.txt")
+
+
+def test_fill_per_input():
+    made = inf.make_inputs({"a": ("float32", [2]), "b": ("float32", [2])}, {"a": "ones"})
+    assert made["a"].tolist() == [1, 1] and made["b"].tolist() != [0, 0]
+    with pytest.raises(UserError, match="unknown fill"):
+        inf.make_inputs({"a": ("float32", [2])}, {"a": "gaussian"})
+
+
+def test_output_table_shapes():
+    assert inf.output_table(np.float32(2.5)).values.tolist() == [[2.5]]
+    assert inf.output_table(np.array([1, 2])).shape == (2, 1)
+    assert inf.output_table(np.zeros((2, 3, 4))).shape == (2, 12)
+    assert inf.output_table(np.array([b"ok", b"\xff"], dtype=object))["0"].tolist() == \
+        ["ok", "\\xff"]
+
+
+def test_resolve_source(shared, demo_run):
+    folder = shared / "serving_saved_model_half_plus_two_cpu"
+    source = inf.resolve_source(str(folder))
+    assert source.kind == "saved_model" and source.path.endswith("00000123")
+    assert inf.resolve_source(str(demo_run)).kind == "checkpoint"
+
+
+def test_run_pair_uses_the_same_inputs(demo_run):
+    a, b, diff = inf.run_pair(str(demo_run / "ckpt-0"), str(demo_run / "ckpt-300"),
+                              device="cpu", batch=3)
+    assert np.array_equal(a.inputs["features"], b.inputs["features"])
+    assert diff["classifier"]["max_abs_diff"] > 0.05
+
+
+def test_cli_allow_unsafe_ops_and_fill(unsafe_saved_model, tmp_path, capsys, monkeypatch):
+    from tpuckpt_viz import cli
+
+    monkeypatch.delenv("TPUCKPT_ALLOW_UNSAFE_OPS", raising=False)
+    target = tmp_path / "data.txt"
+    target.write_text("hello")
+    argv = ["infer", str(unsafe_saved_model), "--signature", "read", "--device", "cpu",
+            "--input", "path=" + json.dumps(str(target)), "--format", "json"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--allow-unsafe-ops" in err and "TPUCKPT_ALLOW_UNSAFE_OPS=1" in err
+    assert cli.main(argv + ["--allow-unsafe-ops"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"]["contents"] == "hello"
+    assert cli.main(["infer", str(unsafe_saved_model), "--fill", "ones", "--batch", "2",
+                     "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"]["y"] == [2.0, 2.0]

@@ -35,7 +35,8 @@ def test_heatmap_block_means_match_numpy(matrix_ckpt, monkeypatch, chunk_mb):
     np.testing.assert_allclose(view.heat, expected, rtol=1e-5, atol=1e-6)
     assert view.stats["nan"] == 1
     finite = big[np.isfinite(big)].astype(np.float64)
-    assert view.stats["mean"] == pytest.approx(finite.mean(), rel=1e-9)
+    # The engine sums float32 blocks into float64: agree to well within float32 resolution.
+    assert view.stats["mean"] == pytest.approx(finite.mean(), abs=1e-6 * finite.std())
     assert view.finite == finite.size and view.sampled == finite.size
     assert int(view.counts.sum()) == finite.size
 

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input: JSON literal or a .npy/.npz/.csv path (repeatable)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "tpu"), default="auto")
     p.add_argument("--batch", type=int, default=4, help="batch size of generated inputs")
+    p.add_argument("--fill", choices=("random", "zeros", "ones"), default="random",
+                   help="values of generated inputs (default: random normal)")
+    p.add_argument("--allow-unsafe-ops", action="store_true",
+                   help="run a SavedModel signature that uses file-system or Python ops")
     _add_format(p)
 
     p = sub.add_parser("demo", help="write the demo training run, print its folder")
@@ -190,7 +194,8 @@ def _cmd_infer(args) -> None:
         inputs[name] = value
     tags = [t.strip() for t in args.tag.split(",")] if args.tag is not None else None
     result = run_inference(args.path, model=args.model, tags=tags, signature=args.signature,
-                           inputs=inputs or None, device=args.device, batch=args.batch)
+                           inputs=inputs or None, device=args.device, batch=args.batch,
+                           fill=args.fill, allow_unsafe=args.allow_unsafe_ops or None)
     write_object(result_to_json(result), args.format)
 
 

@@ -39,9 +39,12 @@ over the finite values; ``zeros`` is the fraction of all elements.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -54,10 +57,13 @@ from .reader import Checkpoint
 HISTOGRAM_SAMPLE = 1 << 20
 # Values per row of the row-wise sums (float32 partial sums over 1024 values stay exact to a
 # few ulps; the rows are then added in float64).
-_ROW = 1024
+_ROW = 256
 # Chunks of at least this many float32 values are summed in float32 rows (within about 1e-9
 # of float64 at this size, 1e-8 at 64K values); smaller ones in float64.
 FLOAT32_SUMS_FROM = 1 << 16
+# Values per block: statistics are reduced block by block, counted from the tensor's start
+# (1 MB of float32: every pass over a block after the first hits the core's cache).
+BLOCK = 1 << 18
 # Chunks read ahead of the one being reduced.
 READ_AHEAD = 3
 
@@ -88,27 +94,29 @@ def widen(chunk: np.ndarray) -> np.ndarray:
     return chunk.astype(np.float64)
 
 
-_ONES = {np.dtype(np.float32): np.ones(_ROW, np.float32),
-         np.dtype(np.float64): np.ones(_ROW, np.float64)}
-
-
-if hasattr(np, "vecdot"):  # numpy >= 2.0
-    _rowdot = np.vecdot
-else:  # pragma: no cover - numpy 1.26
-    def _rowdot(rows, other):
-        return np.einsum("ij,ij->i" if other.ndim == 2 else "ij,j->i", rows, other)
+_ROWSUM = "numpy"
 
 
 def row_sums(x: np.ndarray, y: np.ndarray | None = None) -> float:
-    """Sum of ``x`` (or of ``x * y``) in float64, from float32/float64 partial sums over
-    rows of 1024 values. Deterministic for a given array."""
+    """Sum of ``x`` (or of ``x * y``) in float64, from partial sums over rows of 256 values
+    in the arrays' own type. Deterministic for a given array.
+
+    numpy's own loops (``add.reduce`` along rows, ``einsum``) rather than ``vecdot`` or
+    ``matmul``: those go through BLAS, which measured no faster on two threads than on one
+    here, while these scale (1.7 to 1.8 times on two cores) at the same single-thread speed.
+    """
     n = x.size
     m = n - n % _ROW
     total = 0.0
     if m:
         rows = x[:m].reshape(-1, _ROW)
-        other = _ONES[x.dtype] if y is None else y[:m].reshape(-1, _ROW)
-        total = float(_rowdot(rows, other).sum(dtype=np.float64))
+        if _ROWSUM == "vecdot":
+            other = np.ones(_ROW, x.dtype) if y is None else y[:m].reshape(-1, _ROW)
+            partial = np.vecdot(rows, other)
+        else:
+            partial = (np.add.reduce(rows, axis=1) if y is None
+                       else np.einsum("ij,ij->i", rows, y[:m].reshape(-1, _ROW)))
+        total = float(partial.sum(dtype=np.float64))
     if m < n:
         tail = x[m:].astype(np.float64)
         total += float(tail.sum()) if y is None else float(np.dot(tail, y[m:].astype(np.float64)))
@@ -133,16 +141,67 @@ def _safe_range(x: np.ndarray, amax: float) -> tuple[np.ndarray, float]:
     return x / scale, scale
 
 
+def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0) -> tuple:
+    """Partial statistics of one block of widened values (see :class:`Accumulator`).
+
+    Returns ``(count, finite, mean, m2, sumsq, min, max, zeros, nan, inf, sample)``, where
+    ``sample`` holds the finite values among ``x[sample_start::sample_every]`` (None when
+    ``sample_every`` is 0).
+    """
+    n = x.size
+    if n == 0:
+        return (0, 0, 0.0, 0.0, 0.0, math.inf, -math.inf, 0, 0, 0, None)
+    sample = None
+    if sample_every:
+        sample = x[sample_start::sample_every].astype(np.float32)
+    lo, hi = x.min(), x.max()
+    nan = inf = zeros = 0
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or Inf in this block
+        keep = np.isfinite(x)
+        kept = int(np.count_nonzero(keep))
+        nan = int(np.count_nonzero(np.isnan(x)))
+        inf = n - kept - nan
+        zeros = int(np.count_nonzero(x == 0))
+        if sample is not None:
+            sample = sample[np.isfinite(sample)]
+        if not kept:
+            return (n, 0, 0.0, 0.0, 0.0, math.inf, -math.inf, zeros, nan, inf, sample)
+        x = x[keep]
+        lo, hi = x.min(), x.max()
+    elif lo <= 0 <= hi:
+        zeros = int(np.count_nonzero(x == 0))
+    lo, hi = float(lo), float(hi)
+    m = x.size
+    y, scale = _safe_range(x, max(-lo, hi))
+    s1 = row_sums(y)
+    s2 = row_sums(y, y)
+    mean = s1 / m
+    m2 = s2 - s1 * mean
+    if m2 < s2 / 16:  # the mean dominates: sum again around it, or the variance cancels
+        k = y.dtype.type(mean)
+        d = y - k
+        t1 = row_sums(d)
+        mean = float(k) + t1 / m
+        m2 = row_sums(d, d) - t1 * t1 / m
+    m2 = max(m2, 0.0)
+    if scale != 1.0:
+        mean, m2, s2 = mean * scale, m2 * scale * scale, s2 * scale * scale
+    return (n, m, mean, m2, s2, lo, hi, zeros, nan, inf, sample)
+
+
 @dataclass
 class Accumulator:
     """Running statistics over chunks of one tensor (finite values only for the moments).
 
     ``add`` takes flat chunks of any numeric dtype, in order; ``result`` gives the record
-    fields. Merging per chunk (Chan et al.) keeps the mean and the sum of squared deviations
-    accurate for tensors whose mean dwarfs their spread.
+    fields. The values are reduced in blocks of :data:`BLOCK` elements counted from the
+    start of the tensor, whatever the chunks (a chunk's tail waits for the next one), and the
+    blocks' partial results are merged in order (Chan et al. for the mean and the sum of
+    squared deviations): the same tensor gives the same numbers, bit for bit, however it was
+    cut into chunks, and whichever thread reduced which block.
     """
 
-    count: int = 0  # all elements seen
+    count: int = 0  # all elements folded in
     finite: int = 0
     mean: float = 0.0  # of the finite values
     m2: float = 0.0  # sum of squared deviations from the mean
@@ -153,74 +212,76 @@ class Accumulator:
     nan: int = 0
     inf: int = 0
     sample: list = field(default_factory=list)
-    sample_every: int = 0  # keep every k-th finite value for a histogram; 0 keeps none
-    _seen_for_sample: int = 0
+    sample_every: int = 0  # keep the finite values among every k-th element; 0 keeps none
+    _carry: list = field(default_factory=list, repr=False)  # raw values short of a block
+    _carry_n: int = 0
 
     def add(self, chunk: np.ndarray) -> None:
-        """Fold one flat chunk of values into the running statistics."""
-        n = chunk.size
-        if n == 0:
+        """Fold one flat chunk of values (any numeric dtype) into the running statistics."""
+        x = chunk.reshape(-1)
+        if x.size == 0:
             return
-        x = widen(chunk.reshape(-1))
-        self.count += n
-        lo, hi = x.min(), x.max()
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or Inf in this chunk
-            keep = np.isfinite(x)
-            kept = int(np.count_nonzero(keep))
-            nan = int(np.count_nonzero(np.isnan(x)))
-            self.nan += nan
-            self.inf += n - kept - nan
-            self.zeros += int(np.count_nonzero(x == 0))
-            if not kept:
+        if self._carry_n:  # complete the pending block first
+            need = BLOCK - self._carry_n
+            self._carry.append(x[:need].copy())
+            self._carry_n += min(need, x.size)
+            x = x[need:]
+            if self._carry_n < BLOCK:
                 return
-            x = x[keep]
-            lo, hi = x.min(), x.max()
-        elif lo <= 0 <= hi:
-            self.zeros += int(np.count_nonzero(x == 0))
-        lo, hi = float(lo), float(hi)
-        self._moments(x, max(-lo, hi))
+            self._fold_carry()
+        full = x.size - x.size % BLOCK
+        for start in range(0, full, BLOCK):
+            self.merge(self._block(x[start:start + BLOCK]))
+        if full < x.size:
+            self._carry.append(x[full:].copy())
+            self._carry_n = x.size - full
+
+    def _fold_carry(self) -> None:
+        block = self._carry[0] if len(self._carry) == 1 else np.concatenate(self._carry)
+        self._carry, self._carry_n = [], 0
+        self.merge(self._block(block))
+
+    def _block(self, raw: np.ndarray) -> tuple:
+        # self.count is the block's first element in the tensor: the sample is strided over
+        # the whole tensor, wherever the blocks fall.
+        start = (-self.count) % self.sample_every if self.sample_every else 0
+        return block_stats(widen(raw), self.sample_every, start)
+
+    def merge(self, part: tuple) -> None:
+        """Fold in the partial result of the next block (from :func:`block_stats`)."""
+        n, m, mean, m2, s2, lo, hi, zeros, nan, inf, sample = part
+        self.count += n
+        self.zeros += zeros
+        self.nan += nan
+        self.inf += inf
+        if sample is not None and sample.size:
+            self.sample.append(sample)
+        if not m:
+            return
+        if self.finite:
+            total = self.finite + m
+            delta = mean - self.mean
+            self.mean += delta * m / total
+            self.m2 += m2 + delta * delta * (self.finite * m / total)
+            self.finite = total
+        else:
+            self.mean, self.m2, self.finite = mean, m2, m
+        self.sumsq += s2
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
-        if self.sample_every:
-            self._keep_sample(x)
 
-    def _moments(self, x: np.ndarray, amax: float) -> None:
-        n = x.size
-        y, scale = _safe_range(x, amax)
-        s1 = row_sums(y)
-        s2 = row_sums(y, y)
-        mean = s1 / n
-        m2 = s2 - s1 * mean
-        if m2 < s2 / 16:  # the mean dominates: sum again around it, or the variance cancels
-            k = y.dtype.type(mean)
-            d = y - k
-            t1 = row_sums(d)
-            mean = float(k) + t1 / n
-            m2 = row_sums(d, d) - t1 * t1 / n
-        m2 = max(m2, 0.0)
-        if scale != 1.0:
-            mean, m2, s2 = mean * scale, m2 * scale * scale, s2 * scale * scale
-        if self.finite:
-            total = self.finite + n
-            delta = mean - self.mean
-            self.mean += delta * n / total
-            self.m2 += m2 + delta * delta * (self.finite * n / total)
-        else:
-            self.mean, self.m2, total = mean, m2, n
-        self.finite = total
-        self.sumsq += s2
+    def flush(self) -> None:
+        """Reduce values still waiting for a full block (the tensor's tail).
 
-    def _keep_sample(self, x: np.ndarray) -> None:
-        # A strided sample: every k-th finite value, k fixed up front from the tensor size so
-        # the histogram of a huge tensor needs neither a second pass nor a sort.
-        start = (-self._seen_for_sample) % self.sample_every
-        picked = x[start::self.sample_every]
-        self._seen_for_sample += x.size
-        if picked.size:
-            self.sample.append(picked.astype(np.float32))
+        ``result`` and ``sampled`` call it; adding more values afterwards stays correct, only
+        no longer bit-identical to an uninterrupted run.
+        """
+        if self._carry_n:
+            self._fold_carry()
 
     def result(self) -> dict:
         """The statistics as a record (None where a statistic does not apply)."""
+        self.flush()
         if self.finite:
             stats = {"min": self.min, "max": self.max, "mean": self.mean,
                      "std": math.sqrt(self.m2 / self.finite), "l2": math.sqrt(self.sumsq)}
@@ -232,6 +293,8 @@ class Accumulator:
         return stats
 
     def sampled(self) -> np.ndarray:
+        """The histogram sample: the finite values among every ``sample_every``-th element."""
+        self.flush()
         return np.concatenate(self.sample) if self.sample else np.empty(0, np.float32)
 
 
@@ -433,7 +496,7 @@ def _record(ckpt: Checkpoint, key: str, acc: Accumulator, keep_sample: bool) -> 
     return record
 
 
-def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
+def _iter_stats_pipeline(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
                keep_sample: bool = False, chunk_bytes: int | None = None,
                threshold_bytes: int | None = None,
                labels: dict[str, str] | None = None) -> Iterator[dict]:
@@ -488,26 +551,311 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         progress(total, total, "done", done_bytes)
 
 
+# ------------------------------------------------------------------------------ engine
+
+@dataclass
+class _Piece:
+    """Part of one tensor inside a unit of work: ``nbytes`` at ``start`` of the unit's bytes,
+    beginning at element ``first`` of the tensor (a multiple of BLOCK)."""
+
+    index: int
+    key: str
+    dtype: np.dtype
+    start: int
+    nbytes: int
+    first: int
+    last: bool
+
+
+@dataclass
+class _Unit:
+    """One unit of work for a worker thread: a byte range of a data shard holding pieces of
+    one or several tensors, or a tensor that TensorFlow's reader must read ("tf"), or a
+    string tensor ("string"), or a key to check ("check")."""
+
+    kind: str
+    pieces: list
+    path: str = ""
+    local: str | None = None
+    offset: int = 0
+    nbytes: int = 0
+
+
+_executor = None
+_executor_lock = threading.Lock()
+# Worker threads: each reads a unit (os.pread releases the GIL) and reduces it (numpy
+# releases the GIL), so every core computes; results are merged in order by the caller.
+WORKERS = max(2, min(8, os.cpu_count() or 2))
+# Bytes of shard per unit of work (whole blocks of one tensor, or several small tensors).
+UNIT_BYTES = 2 << 20
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="tpuckpt-stats")
+        return _executor
+
+
+def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: int | None,
+          files: dict) -> Iterator[_Unit]:
+    """Units of work for ``keys``, in order. Small tensors that lie next to each other in the
+    same shard share a unit (one read); large ones are cut at block boundaries."""
+    from . import bundle
+
+    index = ckpt.index
+    pending: _Unit | None = None
+    for i, key in enumerate(keys):
+        entry = ckpt.entries.get(key)
+        if entry is None:
+            kind = "check"
+        elif not _is_numeric(entry.dtype):
+            kind = "string"
+        elif threshold_bytes is None and ckpt.streamable(key):
+            kind = "shard"
+        else:
+            kind = "tf"
+        if kind != "shard":
+            if pending is not None:
+                yield pending
+                pending = None
+            yield _Unit(kind, [_Piece(i, key, None, 0, 0, 0, True)])
+            continue
+        proto = index.entries[key]
+        dt = bundle.numpy_dtype(proto.dtype)
+        if index.header.endianness == 1:
+            dt = dt.newbyteorder(">")
+        path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
+        if path not in files:
+            files[path] = _open_shard(path)
+        local = path if files[path] is not None else None
+        size, offset = int(proto.size), int(proto.offset)
+        if (pending is not None and pending.path == path and size <= unit_bytes
+                and pending.offset + pending.nbytes == offset
+                and pending.nbytes + size <= unit_bytes):
+            pending.pieces.append(_Piece(i, key, dt, pending.nbytes, size, 0, True))
+            pending.nbytes += size
+            continue
+        if pending is not None:
+            yield pending
+            pending = None
+        step = max(1, unit_bytes // (BLOCK * dt.itemsize)) * BLOCK * dt.itemsize
+        done = 0
+        while True:
+            n = min(step, size - done)
+            unit = _Unit("shard", [_Piece(i, key, dt, 0, n, done // dt.itemsize,
+                                          done + n >= size)], path, local, offset + done, n)
+            done += n
+            if done >= size:
+                pending = unit  # the tail may share its read with the next small tensors
+                break
+            yield unit
+    if pending is not None:
+        yield pending
+
+
+def _open_shard(path: str):
+    """A file descriptor for a local shard (shared by the workers through pread), or None
+    for other filesystems (read through tf.io.gfile)."""
+    from . import bundle
+    from .errors import UserError
+
+    local = bundle._local_path(path)
+    if local is None:
+        from .tfcompat import tf
+
+        if not tf().io.gfile.exists(path):
+            raise UserError(f"missing data file {path}: copy every .data-* shard next to the "
+                            ".index")
+        return None
+    try:
+        return os.open(local, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UserError(f"missing data file {path}: copy every .data-* shard next to the "
+                        ".index") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read(unit: _Unit, files: dict) -> bytes:
+    from .errors import UserError
+
+    fd = files.get(unit.path)
+    try:
+        if fd is not None:
+            parts, got = [], 0
+            while got < unit.nbytes:
+                buf = os.pread(fd, unit.nbytes - got, unit.offset + got)
+                if not buf:
+                    break
+                parts.append(buf)
+                got += len(buf)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            from .tfcompat import tf
+
+            with tf().io.gfile.GFile(unit.path, "rb") as f:
+                f.seek(unit.offset)
+                data = f.read(unit.nbytes)
+                while len(data) < unit.nbytes:
+                    more = f.read(unit.nbytes - len(data))
+                    if not more:
+                        break
+                    data += more
+    except OSError as e:
+        raise UserError(f"cannot read {unit.path}: {e.strerror or e}") from None
+    if len(data) < unit.nbytes:
+        key = next(p.key for p in unit.pieces if p.start + p.nbytes > len(data))
+        raise UserError(f"data for {key} in {unit.path} ends early: the shard is truncated; "
+                        "copy it again")
+    return data
+
+
+def _work(ckpt: Checkpoint, unit: _Unit, files: dict, sample_every: dict, chunk_bytes,
+          threshold_bytes) -> tuple:
+    """Run in a worker: read the unit and reduce each of its pieces to block partials."""
+    piece = unit.pieces[0]
+    if unit.kind == "check":
+        ckpt._check(piece.key)
+    if unit.kind == "string":
+        ckpt.read_raw(piece.key)  # still check that it reads
+        return None, [None]
+    if unit.kind == "tf":
+        acc = Accumulator(sample_every=sample_every.get(piece.index, 0))
+        for chunk in ckpt.chunks(piece.key, chunk_bytes=chunk_bytes,
+                                 threshold_bytes=threshold_bytes):
+            acc.add(chunk)
+        acc.flush()
+        return None, [acc]
+    data = _read(unit, files)
+    out = []
+    for piece in unit.pieces:
+        raw = np.frombuffer(data, piece.dtype, piece.nbytes // piece.dtype.itemsize, piece.start)
+        k = sample_every.get(piece.index, 0)
+        parts = []
+        for b in range(0, raw.size, BLOCK):
+            first = piece.first + b
+            parts.append(block_stats(widen(raw[b:b + BLOCK]), k, (-first) % k if k else 0))
+        out.append(parts)
+    return data, out
+
+
+def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
+               keep_sample: bool = False, chunk_bytes: int | None = None,
+               threshold_bytes: int | None = None,
+               labels: dict[str, str] | None = None) -> Iterator[dict]:
+    """Statistics of each tensor in ``keys``, in order (see :func:`tensor_stats`).
+
+    Each tensor is read once. The work is cut into units (a few MB of a data shard: whole
+    blocks of a large tensor, or several small tensors that lie side by side) that worker
+    threads read and reduce, a few units ahead, while this thread checks each tensor's
+    crc32c and merges the partial results in order; memory stays bounded by the units in
+    flight whatever the tensor sizes. ``progress(done, total, label, bytes_done)`` is called
+    as each tensor starts and, inside large tensors, about every quarter second; ``labels``
+    maps keys to the label shown. ``chunk_bytes`` sets the unit size (the numbers do not
+    depend on it); see :func:`tensor_chunks` for ``threshold_bytes``.
+    """
+    import google_crc32c
+
+    from . import bundle
+    from .errors import UserError
+
+    keys = list(keys)
+    total = len(keys)
+    unit_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
+    sample_every = {}
+    if keep_sample:
+        for i, key in enumerate(keys):
+            entry = ckpt.entries.get(key)
+            if entry is not None:
+                sample_every[i] = max(1, -(-entry.numel // HISTOGRAM_SAMPLE))
+    files: dict = {}
+    pool = _pool()
+    inflight: deque = deque()
+    units = _plan(ckpt, keys, unit_bytes, threshold_bytes, files)
+    window = WORKERS + 2
+    done_bytes = 0
+    last = time.monotonic()
+    acc: Accumulator | None = None
+    crc = 0
+    current = -1
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(inflight) < window:
+                unit = next(units, None)
+                if unit is None:
+                    exhausted = True
+                    break
+                inflight.append((unit, pool.submit(_work, ckpt, unit, files, sample_every,
+                                                   chunk_bytes, threshold_bytes)))
+            if not inflight:
+                break
+            unit, future = inflight.popleft()
+            data, results = future.result()
+            for piece, result in zip(unit.pieces, results):
+                key = piece.key
+                if piece.index != current:
+                    current = piece.index
+                    acc = Accumulator(sample_every=sample_every.get(piece.index, 0))
+                    crc = 0
+                    if progress:
+                        progress(piece.index, total, labels.get(key, key) if labels else key,
+                                 done_bytes)
+                        last = time.monotonic()
+                entry = ckpt.entries[key]
+                if unit.kind == "string":
+                    yield _string_record(ckpt, key, raw=True)
+                    done_bytes += entry.nbytes
+                    continue
+                if unit.kind == "tf":
+                    acc = result
+                else:
+                    # bytes (a whole unit) let crc32c release the GIL; a read-only numpy view
+                    # serves for the small tensors that share a unit.
+                    whole = piece.start == 0 and piece.nbytes == len(data)
+                    view = data if whole else np.frombuffer(data, np.uint8, piece.nbytes,
+                                                            piece.start)
+                    crc = google_crc32c.extend(crc, view)
+                    for part in result:
+                        acc.merge(part)
+                    if not piece.last:
+                        if progress and time.monotonic() - last > 0.25:
+                            progress(piece.index, total,
+                                     labels.get(key, key) if labels else key,
+                                     done_bytes + acc.count * entry.nbytes // max(entry.numel, 1))
+                            last = time.monotonic()
+                        continue
+                    proto = ckpt.index.entries[key]
+                    if bundle._mask(crc) != proto.crc32c:
+                        raise UserError(f"data for {key} in {unit.path} fails its checksum: "
+                                        "the shard is corrupt; copy it again from the source")
+                yield _record(ckpt, key, acc, keep_sample)
+                done_bytes += entry.nbytes
+    finally:
+        for _, future in inflight:
+            future.cancel()
+        wait([f for _, f in inflight])
+        for fd in files.values():
+            if fd is not None:
+                os.close(fd)
+    if progress:
+        progress(total, total, "done", done_bytes)
+
+
 def tensor_stats(ckpt: Checkpoint, key: str, *, keep_sample: bool = False,
                  chunk_bytes: int | None = None, threshold_bytes: int | None = None) -> dict:
     """Statistics of one tensor per the ``stats`` contract (key, name-less fields).
 
     Returns the record fields ``key``, ``dtype``, ``numel``, ``min``, ``max``, ``mean``,
     ``std``, ``l2``, ``zeros``, ``nan``, ``inf``, and with ``keep_sample`` also ``sample``
-    (the finite values, or a strided sample of them) and ``sampled_of`` (how many finite
-    values there were). String tensors get None statistics. See :func:`tensor_chunks` for
-    ``threshold_bytes``.
+    (the finite values among every k-th element, k chosen so that about
+    :data:`HISTOGRAM_SAMPLE` remain) and ``sampled_of`` (how many finite values there were).
+    String tensors get None statistics. See :func:`iter_stats`.
     """
-    entry = ckpt.entries[key]
-    if not _is_numeric(entry.dtype):
-        return _string_record(ckpt, key)
-    acc = new_accumulator(entry.numel) if keep_sample else Accumulator()
-    chunks = tensor_chunks(ckpt, key, chunk_bytes, threshold_bytes)
-    if entry.nbytes > (chunk_bytes or config.get_int("chunk_mb") << 20):
-        chunks = read_ahead(chunks)  # several chunks: read the next while reducing this one
-    for chunk in chunks:
-        acc.add(chunk)
-    return _record(ckpt, key, acc, keep_sample)
+    return next(iter_stats(ckpt, [key], keep_sample=keep_sample, chunk_bytes=chunk_bytes,
+                           threshold_bytes=threshold_bytes))
 
 
 def histogram(values: np.ndarray, bins: int = 60) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,156 @@
+"""The Infer page through Streamlit's AppTest: the demo run, half_plus_two, failures, comparison."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tpuckpt_viz import config
+from tpuckpt_viz import inference as inf
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+INFER = "tpuckpt_viz/app_pages/infer.py"
+HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
+
+
+@pytest.fixture
+def app_env(shared, demo_run, tmp_path_factory, monkeypatch):
+    """Roots = the shared folder and every tmp folder; the demo run in place; fresh caches."""
+    import streamlit as st
+
+    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
+        [str(shared), str(tmp_path_factory.getbasetemp())]))
+    monkeypatch.delenv("TPUCKPT_MODEL", raising=False)
+    demo = config.demo_dir()
+    if not (demo / "DONE").is_file():
+        shutil.rmtree(demo, ignore_errors=True)
+        shutil.copytree(demo_run, demo)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield demo
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def open_page(**query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.switch_page(INFER)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def click(at, key: str):
+    at.button(key=key).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def frame(at, *columns):
+    """The first table with exactly these columns (AppTest does not expose a table's key)."""
+    return next(d.value for d in at.dataframe if list(d.value.columns) == list(columns))
+
+
+def errors(at) -> str:
+    return " | ".join(e.value for e in at.error)
+
+
+def test_demo_runs_in_one_click(app_env):
+    at = open_page()
+    assert not at.error, errors(at)
+    assert "tpuckpt_viz.demo:build_model" in " ".join(c.value for c in at.caption)
+    assert at.selectbox(key="infer_step").value == "ckpt-300"
+    click(at, "infer_run")
+    assert not at.error, errors(at)
+    shown = metrics(at)
+    assert shown["Device"] == "/device:CPU:0"
+    assert shown["Restore"] == "ok"
+    table = frame(at, "0", "1", "2")
+    assert table.shape == (4, 3)
+    assert (table.sum(axis=1).round(4) == 1).all()  # softmax rows
+    assert any("TPU" in c.value for c in at.caption)  # why the TPU was skipped
+
+
+def test_half_plus_two_json_input(app_env, shared):
+    at = open_page(ckpt=shared / HALF_PLUS_TWO)
+    assert not at.error, errors(at)
+    assert at.selectbox(key="infer_tags").value == "serve"
+    assert at.selectbox(key="infer_signature_serve").value == "serving_default"
+    assert "not on TPU" in " ".join(c.value for c in at.caption)
+    tensors = frame(at, "", "name", "dtype", "shape", "tensor", "encoding")
+    assert tensors[["name", "dtype", "shape"]].values.tolist() == [
+        ["x", "float32", "[-1, 1]"], ["y", "float32", "[-1, 1]"]]
+    at.selectbox(key="infer_mode_serving_default_x").set_value("JSON").run()
+    at.text_area(key="infer_json_serving_default_x").set_value("[[1],[2],[5]]").run()
+    click(at, "infer_run")
+    assert not at.error, errors(at)
+    assert frame(at, "0")["0"].tolist() == [2.5, 3.0, 4.5]
+    assert metrics(at)["Device"] == "/device:CPU:0"
+
+
+def test_tf_example_form(app_env, shared):
+    at = open_page(ckpt=shared / HALF_PLUS_TWO)
+    at.selectbox(key="infer_signature_serve").set_value("regress_x_to_y").run()
+    at.selectbox(key="infer_mode_regress_x_to_y_inputs").set_value("tf.Example form").run()
+    at.text_input(key="infer_feature_regress_x_to_y_inputs_x").set_value("1, 2").run()
+    at.text_input(key="infer_feature_regress_x_to_y_inputs_x2").set_value("").run()
+    click(at, "infer_run")
+    assert not at.error, errors(at)
+    assert frame(at, "0")["0"].tolist() == [2.5, 3.0]
+
+
+def test_model_that_cannot_run_fails_clearly(app_env, shared):
+    # no saved_model.pb: said when the path is opened
+    at = open_page(ckpt=shared / "serving_tf_text_regression" / "01")
+    assert "no saved_model.pb" in errors(at)
+    # custom ops that this TensorFlow lacks: described, and said when it is run
+    at = open_page(ckpt=shared / "tfdf_saved_model_adult_rf")
+    assert not at.error, errors(at)
+    assert not frame(at, "tag set", "signature", "method", "inputs", "outputs").empty
+    click(at, "infer_run")
+    assert "tensorflow_decision_forests" in errors(at)
+
+
+def test_wrong_input_shape(app_env, shared):
+    at = open_page(ckpt=shared / HALF_PLUS_TWO)
+    at.selectbox(key="infer_mode_serving_default_x").set_value("JSON").run()
+    at.text_area(key="infer_json_serving_default_x").set_value("[1, 2, 3]").run()
+    click(at, "infer_run")
+    assert len(at.error) == 1
+    assert "float32" in errors(at) and "[-1, 1]" in errors(at)
+    at.text_area(key="infer_json_serving_default_x").set_value("[[1], oops]").run()
+    click(at, "infer_run")
+    assert "not a JSON literal" in errors(at) and "[-1, 1]" in errors(at)
+
+
+def test_path_outside_roots(app_env, tmp_path_factory):
+    at = open_page(ckpt="/etc")
+    assert "outside the allowed roots" in errors(at)
+    assert not at.button
+
+
+def test_two_steps_compared(app_env):
+    at = open_page()
+    assert at.selectbox(key="infer_other").value == "ckpt-0"
+    click(at, "infer_compare")
+    assert not at.error, errors(at)
+    diff = frame(at, "output", "max_abs_diff", "mean_abs_diff")
+    assert diff["output"].tolist() == ["classifier"]
+    assert diff["max_abs_diff"].iloc[0] > 0.01 and diff["mean_abs_diff"].iloc[0] > 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_models():
+    inf.clear_caches()
+    yield
