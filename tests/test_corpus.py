@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ SHARED_USED = ("t5x_mtf_tiny_t5_PARTIAL", "lingvo_lenet_test_model_PARTIAL",
 LONG_NAME = ("encoder/" + "very_long_layer_name_" * 20)[:300] + "/kernel"
 HUGE_NAME = "block/" * 700 + "kernel"  # 4,206 characters
 BAD_UTF8 = b"bad\xff\xfename/kernel"
+BAD_UTF8_SHOWN = "bad\\xff\\xfename/kernel"  # how every output shows it
 
 
 @dataclass
@@ -150,8 +152,7 @@ def build_corpus(tf, root: Path, shared: Path) -> list[Case]:
                        [(BAD_UTF8, np.arange(3, dtype=np.float32)),
                         (b"dense/kernel", np.ones((2, 2), np.float32))])
     cases.append(Case("non_utf8_variable_name", prefix, {**ALL_WORK, "infer": None},
-                      tensors=(BAD_UTF8.decode("utf-8", "surrogateescape"),
-                               BAD_UTF8.decode("utf-8", "replace"))))
+                      tensors=(BAD_UTF8_SHOWN, "dense/kernel")))
 
     prefix = _save_raw(tf, root / "long_name" / "ckpt",
                        [(LONG_NAME, np.ones((2, 3), np.float32)),
@@ -342,6 +343,15 @@ def test_cli_commands(corpus, case_id, capsys):
                 assert case.says[command] in line, (what, line)
 
 
+def test_non_utf8_name_is_shown_escaped_and_read(corpus, capsys):
+    path = _case(corpus, "non_utf8_variable_name").path
+    code, out, err = run_cli(capsys, ["stats", path, "--format", "json"])
+    assert code == 0, err
+    stats = {r["key"]: r for r in _strict_json(out)}
+    assert stats[BAD_UTF8_SHOWN]["name"] == BAD_UTF8_SHOWN
+    assert (stats[BAD_UTF8_SHOWN]["min"], stats[BAD_UTF8_SHOWN]["max"]) == (0, 2)  # arange(3)
+
+
 def test_cli_table_and_csv_formats(corpus, capsys):
     """The other formats cope with the odd names and values too."""
     for case_id in ("non_utf8_variable_name", "very_long_variable_names", "zero_size_tensor",
@@ -420,14 +430,21 @@ def _app(page: str | None = None, **query):
     return at
 
 
-def _shown(at) -> bool:
-    return bool(at.metric) or bool(at.dataframe)
+_RAW_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt|Exit)\b")
+
+
+def assert_clear_errors(at, what: str) -> None:
+    """Every st.error is one of ours (a UserError), not an exception's name and text."""
+    for e in at.error:
+        assert not _RAW_EXCEPTION.match(e.value), (what, e.value)
+        assert "Traceback" not in e.value and "\n" not in e.value.strip(), (what, e.value)
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_browse_page(corpus, app_env, case_id):
     case = _case(corpus, case_id)
     at = _app(ckpt=case.path)
+    assert_clear_errors(at, case.id)
     if case.expect.get("list") == 1:
         assert at.error, case.id
         assert not at.metric
@@ -441,13 +458,14 @@ def test_browse_page(corpus, app_env, case_id):
             at.selectbox(key="tensor").set_value(name)
             at.run()
             assert not at.exception, (case.id, name, [e.value for e in at.exception])
+            assert_clear_errors(at, case.id)
         assert at.error and at.metric
         if "stats" in case.says:
             assert any(case.says["stats"] in e.value for e in at.error)
         return
-    wanted = [n for n in case.tensors if n in names] or names[:3]
-    if case.tensors:
-        assert wanted, (case.tensors, names)
+    wanted = [n for n in case.tensors if n in names]
+    assert wanted == list(case.tensors), (case.tensors, names)
+    wanted = wanted or names[:3]
     for name in wanted:
         at.selectbox(key="tensor").set_value(name)
         at.run()
@@ -459,6 +477,7 @@ def test_browse_page(corpus, app_env, case_id):
 def test_compare_page(corpus, app_env, case_id):
     case = _case(corpus, case_id)
     at = _app("tpuckpt_viz/app_pages/compare.py", a=case.path, b=case.path, run=case.path)
+    assert_clear_errors(at, case.id)
     if case.expect.get("list") == 1:
         assert len(at.error) >= 2, case.id  # the pair and the run
     elif case.expect.get("diff") == 1:
@@ -474,17 +493,20 @@ def _infer_page_exists() -> bool:
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_infer_page(corpus, app_env, case_id):
+    """No corpus entry runs (none fits the demo model builder): each gets a clear st.error,
+    before or after pressing Run."""
     assert _infer_page_exists(), "tpuckpt_viz/app_pages/infer.py is not written yet"
     case = _case(corpus, case_id)
     at = _app("tpuckpt_viz/app_pages/infer.py", ckpt=case.path)
-    for button in at.button:
-        if "run" in button.label.lower():
-            button.click()
-            at.run()
-            assert not at.exception, (case.id, [e.value for e in at.exception])
-            break
-    if case.expect.get("infer") == 1:
-        assert at.error, case.id
+    assert_clear_errors(at, case.id)
+    run = [b for b in at.button if b.label == "Run"]
+    if run:
+        run[0].click()
+        at.run()
+        assert not at.exception, (case.id, [e.value for e in at.exception])
+        assert_clear_errors(at, case.id)
+    assert at.error, case.id
+    assert not [m for m in at.metric if m.label == "Device"], case.id  # nothing ran
 
 
 # -- nothing lost ----------------------------------------------------------------------------

@@ -40,8 +40,11 @@ except Exception as exc:  # never a traceback in the page
     show_error(exc)
     st.stop()
 
-device = st.radio("Device", ["auto", "cpu", "gpu", "tpu"], horizontal=True, key="infer_device",
-                  help="auto tries a TPU, then a GPU, then the CPU")
+left, right = st.columns(2)
+device = left.radio("Device", ["auto", "cpu", "gpu", "tpu"], horizontal=True, key="infer_device",
+                    help="auto tries a TPU, then a GPU, then the CPU, and says why it skipped one")
+batch = int(right.number_input("Batch size of generated inputs", 1, 4096, 4, key="infer_batch",
+                               help="Replaces the unknown (-1) dimensions of generated inputs"))
 tags = signature = None
 features: dict[str, str] = {}
 if kind == "saved_model":
@@ -96,7 +99,6 @@ else:
 scope = signature or "model"
 
 st.subheader("Inputs")
-batch = int(st.number_input("Batch size of generated inputs", 1, 4096, 4, key="infer_batch"))
 
 
 def _input_widget(t: inf.TensorInfo):
@@ -178,7 +180,10 @@ if saved is not None and saved[0] == state_key:
     c2.metric("Latency (ms)", f"{result.latency_ms:.2f}",
               help=f"Median of {result.runs - 1} runs after a warm-up" if result.runs > 1
               else "One run (the signature changes state), tracing included")
-    c3.metric("Restore", result.restore["status"] if result.restore else "SavedModel")
+    if result.restore:
+        c3.metric("Restore", result.restore["status"])
+    else:
+        c3.metric("Signature", result.signature, help=f"Tag set {inf.fmt_tags(result.tags)}")
     for reason in result.device_reasons:
         st.caption(f"Skipped — {reason}")
     if result.restore:
@@ -198,7 +203,9 @@ if saved is not None and saved[0] == state_key:
         st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
         left, right = st.columns([2, 3])
         left.dataframe(inf.output_table(value), width="stretch", key=f"infer_out_{name}")
-        figure = charts.output_chart(name, value)
+        # One value per example ([n, 1]): a line over the examples, not one-class bars.
+        figure = charts.output_chart(name, value[:, 0] if value.ndim == 2 and
+                                     value.shape[1] == 1 else value)
         if figure is not None:
             right.plotly_chart(figure, width="stretch", key=f"infer_chart_{name}")
     with st.expander("Inputs that ran"):
