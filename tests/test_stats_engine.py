@@ -328,3 +328,36 @@ def test_steps_memo_is_hit_on_a_second_call(tf, tmp_path, monkeypatch):
     assert len(third) == len(first) + len([r for r in first if r["step"] == 3])
     assert reads and all(os.path.basename(str(a[0].prefix)).startswith("ckpt-")
                          for a in reads)
+
+
+@pytest.mark.parametrize("case", ["mixed", "all_negative", "all_positive", "neg_zero",
+                                  "pos_zero_only", "pos_inf", "neg_inf", "pos_nan", "neg_nan",
+                                  "subnormal", "huge"])
+def test_bfloat16_bit_paths_agree_with_float32(case):
+    """bfloat16 blocks take min, max and zeros partly from their bits: every sign case."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(5000).astype(np.float32)
+    special = {
+        "all_negative": lambda: -np.abs(x) - 0.5,
+        "all_positive": lambda: np.abs(x) + 0.5,
+        "neg_zero": lambda: np.where(np.arange(x.size) % 7 == 0, np.float32(-0.0), x),
+        "pos_zero_only": lambda: np.where(np.arange(x.size) % 5 == 0, np.float32(0.0), np.abs(x)),
+        "pos_inf": lambda: np.where(np.arange(x.size) == 17, np.float32(np.inf), x),
+        "neg_inf": lambda: np.where(np.arange(x.size) == 17, np.float32(-np.inf), x),
+        "pos_nan": lambda: np.where(np.arange(x.size) == 3, np.float32(np.nan), x),
+        "neg_nan": lambda: np.where(np.arange(x.size) == 3, -np.float32(np.nan), x),
+        "subnormal": lambda: x * np.float32(1e-39),
+        "huge": lambda: x * np.float32(1e37),
+    }
+    values = special.get(case, lambda: x)().astype(np.float32)
+    bf = values.astype(ml_dtypes.bfloat16)
+    if case == "neg_nan":
+        assert np.signbit(bf.astype(np.float32)[3])
+    acc = Accumulator()
+    acc.add(bf)
+    got = acc.result()
+    ref = reference(bf.astype(np.float32))
+    assert (got["nan"], got["inf"], got["zeros"]) == (ref["nan"], ref["inf"], ref["zeros"])
+    assert (got["min"], got["max"]) == (ref["min"], ref["max"])
+    for field in ("mean", "std", "l2"):
+        assert got[field] == pytest.approx(ref[field], rel=1e-9), field

@@ -59,8 +59,11 @@ def heatmap(array: np.ndarray, title: str, diverging: bool = False) -> go.Figure
         bound = float(np.abs(finite).max()) if finite.size else 1.0
         kwargs = dict(colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound)
     fig = go.Figure(go.Heatmap(z=z, **kwargs))
+    rows, cols = z.shape
+    # Whole-number ticks only: cells are rows and columns, not a continuous axis.
     fig.update_layout(title=title, height=380, margin=dict(t=40, l=5, r=5, b=5),
-                      yaxis_autorange="reversed")
+                      yaxis=dict(autorange="reversed", dtick=max(1, -(-rows // 8))),
+                      xaxis=dict(dtick=max(1, -(-cols // 10))))
     return fig
 
 

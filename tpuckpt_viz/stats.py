@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import queue
 import threading
 import time
@@ -48,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import ml_dtypes
 import numpy as np
 
 from . import config
@@ -166,12 +168,38 @@ def _safe_range(x: np.ndarray, amax: float) -> tuple[np.ndarray, float]:
     return x / scale, scale
 
 
-def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0) -> tuple:
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _bf16_range(raw: np.ndarray, x: np.ndarray) -> tuple | None:
+    """``(min, max, zeros)`` of a clean bfloat16 block, partly from its bits (half the bytes
+    of the widened values: 0.8 of the float32 passes' time here); None if it holds a NaN or
+    an Inf. ``x`` is the block widened to float32."""
+    v = raw.view(np.int16)
+    top = int(np.maximum.reduce(v))
+    if top >= 0x7F80:  # +Inf or a NaN with its sign bit clear
+        return None
+    lo = float(np.minimum.reduce(x))  # -Inf, and a NaN with its sign bit set, show here
+    if not math.isfinite(lo):
+        return None
+    # Non-negative bfloat16 values sort as their bits do; if none, the float32 pass.
+    hi = struct.unpack("<f", struct.pack("<I", top << 16))[0] if top >= 0 else float(
+        np.maximum.reduce(x))
+    zeros = 0
+    if lo <= 0.0 <= hi:
+        zeros = raw.size - int(np.count_nonzero(raw.view(np.uint16)))  # +0.0
+        if int(np.minimum.reduce(v)) == -32768:  # -0.0 (0x8000) is the least int16
+            zeros += int(np.count_nonzero(v == -32768))
+    return lo, hi, zeros
+
+
+def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0,
+                raw: np.ndarray | None = None) -> tuple:
     """Partial statistics of one block of widened values (see :class:`Accumulator`).
 
     Returns ``(count, finite, mean, m2, sumsq, min, max, zeros, nan, inf, sample)``, where
     ``sample`` holds the finite values among ``x[sample_start::sample_every]`` (None when
-    ``sample_every`` is 0).
+    ``sample_every`` is 0). ``raw`` is the block as stored, where it was widened.
     """
     n = x.size
     if n == 0:
@@ -179,8 +207,13 @@ def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0) -> 
     sample = None
     if sample_every:
         sample = x[sample_start::sample_every].astype(np.float32)
-    lo, hi = x.min(), x.max()
     nan = inf = zeros = 0
+    if raw is not None and raw.dtype == _BFLOAT16:
+        clean = _bf16_range(raw, x)
+        if clean is not None:
+            lo, hi, zeros = clean
+            return _moments(x, n, lo, hi, zeros, sample)
+    lo, hi = x.min(), x.max()
     if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or Inf in this block
         keep = np.isfinite(x)
         kept = int(np.count_nonzero(keep))
@@ -195,7 +228,12 @@ def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0) -> 
         lo, hi = x.min(), x.max()
     elif lo <= 0 <= hi:
         zeros = int(np.count_nonzero(np.equal(x, 0, out=_buffer("eq", n, np.bool_))))
-    lo, hi = float(lo), float(hi)
+    return _moments(x, n, float(lo), float(hi), zeros, sample, nan, inf)
+
+
+def _moments(x: np.ndarray, n: int, lo: float, hi: float, zeros: int, sample, nan: int = 0,
+             inf: int = 0) -> tuple:
+    """The rest of :func:`block_stats` for the finite values ``x`` (``n`` elements in all)."""
     m = x.size
     y, scale = _safe_range(x, max(-lo, hi))
     s1 = row_sums(y)
@@ -271,7 +309,7 @@ class Accumulator:
         # self.count is the block's first element in the tensor: the sample is strided over
         # the whole tensor, wherever the blocks fall.
         start = (-self.count) % self.sample_every if self.sample_every else 0
-        return block_stats(widen_block(raw), self.sample_every, start)
+        return block_stats(widen_block(raw), self.sample_every, start, raw)
 
     def merge(self, part: tuple) -> None:
         """Fold in the partial result of the next block (from :func:`block_stats`)."""
@@ -772,7 +810,8 @@ def _work(ckpt: Checkpoint, unit: _Unit, files: dict, buf: np.ndarray, sample_ev
         parts = []
         for b in range(0, raw.size, BLOCK):
             first = piece.first + b
-            parts.append(block_stats(widen_block(raw[b:b + BLOCK]), k, (-first) % k if k else 0))
+            block = raw[b:b + BLOCK]
+            parts.append(block_stats(widen_block(block), k, (-first) % k if k else 0, block))
         crc = None
         if piece.first == 0 and piece.last:
             crc = google_crc32c.value(np.frombuffer(data, np.uint8, piece.nbytes, piece.start))
