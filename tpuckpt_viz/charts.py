@@ -118,7 +118,7 @@ def output_chart(name: str, value: np.ndarray) -> go.Figure | None:
     if arr.dtype.kind not in "fiub" or arr.size == 0:
         return None
     arr = arr.astype(np.float64)
-    if arr.ndim == 2 and arr.shape[1] <= 20:  # a batch of class scores
+    if arr.ndim == 2 and 1 < arr.shape[1] <= 20:  # a batch of class scores
         df = pd.DataFrame(arr, columns=[str(i) for i in range(arr.shape[1])])
         df["example"] = [str(i) for i in range(arr.shape[0])]
         long = df.melt(id_vars="example", var_name="class", value_name="score")

@@ -203,9 +203,7 @@ if saved is not None and saved[0] == state_key:
         st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
         left, right = st.columns([2, 3])
         left.dataframe(inf.output_table(value), width="stretch", key=f"infer_out_{name}")
-        # One value per example ([n, 1]): a line over the examples, not one-class bars.
-        figure = charts.output_chart(name, value[:, 0] if value.ndim == 2 and
-                                     value.shape[1] == 1 else value)
+        figure = charts.output_chart(name, value)
         if figure is not None:
             right.plotly_chart(figure, width="stretch", key=f"infer_chart_{name}")
     with st.expander("Inputs that ran"):
