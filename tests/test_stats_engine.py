@@ -212,7 +212,7 @@ def test_memory_bounded_by_chunk_size(tf, tmp_path):
     assert peak < 12 << 20, peak
 
 
-def test_reader_errors_come_out_in_order_and_stop_the_thread(made, tmp_path):
+def test_reader_errors_come_out_in_order_and_close_files(made, tmp_path):
     prefix, _ = made
     src = Path(prefix)
     for f in src.parent.glob(src.name + ".*"):
@@ -225,22 +225,29 @@ def test_reader_errors_come_out_in_order_and_stop_the_thread(made, tmp_path):
     raw[entry.offset + 4 * 1000] ^= 0x10
     data.write_bytes(bytes(raw))
     ckpt = open_checkpoint(copy)
-    before = threading.active_count()
+    stats._pool()  # the worker threads persist between calls; count around them
+    before, fds = threading.active_count(), _open_fds()
     seen = []
     with pytest.raises(UserError, match="checksum"):
         for record in iter_stats(ckpt, ["constant", "normal", "zeros"], chunk_bytes=64 << 10):
             seen.append(record["key"])
     assert seen == ["constant"]
-    assert threading.active_count() == before
+    assert threading.active_count() == before and _open_fds() == fds
 
 
-def test_leaving_early_stops_the_reader(made):
+def test_leaving_early_stops_the_workers(made):
     prefix, _ = made
     ckpt = open_checkpoint(prefix)
-    before = threading.active_count()
-    for record in iter_stats(ckpt, sorted(ckpt.entries), chunk_bytes=16 << 10):
-        break
-    assert threading.active_count() == before
+    stats._pool()
+    before, fds = threading.active_count(), _open_fds()
+    records = iter_stats(ckpt, sorted(ckpt.entries), chunk_bytes=16 << 10)
+    next(records)
+    records.close()  # what leaving a for loop early does to a generator
+    assert threading.active_count() == before and _open_fds() == fds
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
 def _pair_reference(a: np.ndarray, b: np.ndarray) -> dict:
@@ -311,8 +318,9 @@ def test_steps_memo_is_hit_on_a_second_call(tf, tmp_path, monkeypatch):
     diff._transition_cache.clear()
     first = diff.run_steps(str(tmp_path))
     reads = []
-    real = diff.tensor_chunks
-    monkeypatch.setattr(diff, "tensor_chunks", lambda *a, **k: reads.append(a) or real(*a, **k))
+    for name in ("pair_chunks", "reused_chunks"):
+        real = getattr(diff, name)
+        monkeypatch.setattr(diff, name, lambda *a, _real=real, **k: reads.append(a) or _real(*a, **k))
     second = diff.run_steps(str(tmp_path))
     assert second == first
     assert reads == []  # every transition came from the memo

@@ -283,6 +283,22 @@ def _stream(entry, key: str, path: str, local: str | None, endianness: int,
         with (open(local, "rb", buffering=0) if local is not None
               else tf().io.gfile.GFile(path, "rb")) as f:
             f.seek(entry.offset)
+            while local is not None and left:
+                # Into a fresh numpy array: numpy asks for huge pages on large allocations, so
+                # a chunk costs a few page faults instead of one per 4 KB (measured 0.11 s
+                # against 0.12 to 0.42 s per GiB for bytes from read()).
+                n = min(step, left)
+                arr = np.empty(n, np.uint8)
+                got = 0
+                while got < n:
+                    r = f.readinto(arr[got:])
+                    if not r:
+                        raise UserError(short)
+                    got += r
+                crc = google_crc32c.extend(crc, arr)
+                left -= n
+                arr.flags.writeable = False
+                yield arr.view(dt)
             while left:
                 buf = f.read(min(step, left))
                 if not buf:

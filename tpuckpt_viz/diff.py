@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -19,9 +19,8 @@ from .catalog import list_records
 from .errors import UserError
 from .reader import Checkpoint, open_checkpoint
 from .sources import run_checkpoints
-from . import config
-from .stats import (Accumulator, PairAccumulator, delta_sumsq, read_ahead,
-                    tensor_chunks, widen)
+from .stats import (Accumulator, PairAccumulator, delta_sumsq, pair_chunks, reused_chunks,
+                    widen)
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -33,29 +32,11 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _aligned(a: Iterable[np.ndarray], b: Iterable[np.ndarray]) -> Iterator[tuple]:
-    """Pairs of equal-length chunks from two chunk streams of the same total length."""
-    ia, ib = iter(a), iter(b)
-    ca = cb = None
-    while True:
-        while ca is None or ca.size == 0:
-            ca = next(ia, None)
-            if ca is None:
-                return
-        while cb is None or cb.size == 0:
-            cb = next(ib, None)
-            if cb is None:
-                return
-        n = min(ca.size, cb.size)
-        yield ca[:n], cb[:n]
-        ca, cb = ca[n:], cb[n:]
-
-
 def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) -> dict:
     """One streamed pass over a tensor present on both sides (same shape and dtype).
 
-    Both sides are read once, a chunk of each at a time (the next chunks read ahead in a
-    background thread for tensors of several chunks), and reduced by
+    Both sides are read once, a chunk of each at a time into reused memory
+    (:func:`tpuckpt_viz.stats.pair_chunks`), and reduced by
     :class:`tpuckpt_viz.stats.PairAccumulator`.
     """
     entry = ckpt_a.entries[key_a]
@@ -66,10 +47,7 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
         return {"identical": bool(same), "l2_a": None, "l2_b": None, "delta_l2": None,
                 "rel_change": None, "cosine": None, "max_abs_delta": None}
     acc = PairAccumulator()
-    pairs = _aligned(tensor_chunks(ckpt_a, key_a), tensor_chunks(ckpt_b, key_b))
-    if entry.nbytes > config.get_int("chunk_mb") << 20:
-        pairs = read_ahead(pairs)
-    for ca, cb in pairs:
+    for ca, cb in pair_chunks(ckpt_a, key_a, ckpt_b, key_b):
         acc.add(ca, cb)
     return acc.result()
 
@@ -203,35 +181,22 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list
         comparable = p is not None and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
         todo.append((r, p if comparable else None))
 
-    def source():
-        # Every tensor of the pair of checkpoints in one stream, so that a background thread
-        # reads the next chunks (of this tensor or the next) while this one is reduced.
-        for i, (r, p) in enumerate(todo):
-            if p is not None:
-                pairs = _aligned(tensor_chunks(prev, p["key"]), tensor_chunks(curr, r["key"]))
-                for cp, cc in pairs:
-                    yield i, widen(cp.reshape(-1)), widen(cc.reshape(-1))
-            else:
-                for cc in tensor_chunks(curr, r["key"]):
-                    yield i, None, widen(cc.reshape(-1))
-            yield i, None, None
-
     rows = []
-    acc, delta_sq = Accumulator(), 0.0
-    for i, cp, cc in read_ahead(source()):
-        if cc is not None:
-            acc.add(cc)
-            if cp is not None:
-                delta_sq += delta_sumsq(cp, cc)
-            continue
-        r, p = todo[i]
+    for r, p in todo:
+        acc, delta_sq = Accumulator(), 0.0
+        if p is not None:
+            for cp, cc in pair_chunks(prev, p["key"], curr, r["key"]):
+                acc.add(cc)
+                delta_sq += delta_sumsq(widen(cp), widen(cc))
+        else:
+            for cc in reused_chunks(curr, r["key"], "curr"):
+                acc.add(cc)
         stats = acc.result()
         rows.append({"name": r["name"], "kind": r["kind"], "layer": r["layer"],
                      "key": r["key"], "l2": stats["l2"], "nan": stats["nan"],
                      "inf": stats["inf"],
                      "delta_l2": _finite_or_none(math.sqrt(delta_sq)) if p is not None
                      else None})
-        acc, delta_sq = Accumulator(), 0.0
     with _cache_lock:
         if len(_transition_cache) >= _CACHE_LIMIT:
             _transition_cache.pop(next(iter(_transition_cache)))

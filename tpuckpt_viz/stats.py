@@ -1,36 +1,39 @@
-"""Streaming statistics and histograms: one read of each tensor, in chunks.
+"""Streaming statistics and histograms: the one engine behind stats, diff, steps and Browse.
 
-The one statistics engine behind ``stats``, ``diff``, ``steps`` and the dashboard. Every
-statistic comes from per-chunk partial results merged in order (count, min, max, the mean and
-sum of squared deviations merged as in Chan et al., the raw sum of squares, zero, NaN and Inf
-counts), so a tensor never has to be in memory whole; the same chunks give the same numbers,
-whether they came from the data shard or from a whole read cut into slices.
+Each tensor is read once, in chunks, and reduced in blocks of :data:`BLOCK` values counted
+from the tensor's start; the blocks' partial results (count, min, max, mean and sum of squared
+deviations merged as in Chan et al., sum of squares, zero, NaN and Inf counts) are merged in
+order. So a tensor is never in memory whole, and the numbers do not depend on how it was cut
+into chunks or which thread reduced which block: a streamed read gives exactly the statistics
+of a whole read.
 
-How a chunk is reduced, and why (measured on 2 cores, numpy 2.4, per GiB of float32):
+How a block is reduced, and why (measured on this project's 2-core machine, numpy 2.4):
 
-- Numbers stay in the stored width where that is exact: float32 is reduced as float32, and
-  bfloat16, float16, 8-bit floats and small integers are widened to float32 a chunk at a time
-  (never the whole tensor); float64 and wide integers go through float64.
-- ``min`` and ``max`` run on the chunk as is (0.03 s each). A NaN or an Inf makes one of them
-  non-finite, so a clean chunk needs no ``isfinite`` pass; only a chunk that has them pays for
-  masks and counts.
-- Sums run over rows of 1024 values with ``np.vecdot`` (numpy's own loop, no BLAS threads:
-  0.03 s), and the row results are added in float64. Measured against float64 references this
-  is within 1e-9 relative, against 1e-7 for ``np.sum`` in float32 and 5e-7 to 3e-6 for
-  ``np.dot`` (BLAS ``sdot`` keeps float32 accumulators). Converting to float64 first, as
-  this module used to, cost 1.45 s per GiB for all statistics; the float32 path costs 0.12 s.
-- The variance comes from the chunk's sum and sum of squares only where that cannot cancel:
-  where the mean dominates (sum of squared deviations below 1/16 of the sum of squares, such as
-  1e4 plus noise, or a gamma near 1.0) the chunk is summed again around its own mean.
-  Magnitudes whose squares would overflow or underflow float32 take the float64 path.
-- Zeros are counted only where the chunk's range holds zero.
+- Values stay in their stored width where that is exact: float32 as is; bfloat16, float16,
+  float8 and small integers widened to float32 a block at a time into reused memory; float64
+  and wide integers in float64. Blocks under 64K values are summed in float64 outright.
+- ``min`` and ``max`` run on the block as is. A NaN or an Inf makes one of them non-finite,
+  so a clean block needs no ``isfinite`` pass; only blocks that hold them pay for masks.
+  bfloat16 takes its maximum and zero count from its bits (half the bytes).
+- Sums run over rows of 1024 values with ``np.vecdot`` (float32 partial sums, the rows added in
+  float64): within about 1e-9 of float64, where ``np.sum`` in float32 was 1e-7 off and
+  ``np.dot`` (BLAS ``sdot``, float32 accumulators) 5e-7 to 3e-6. Converting to float64 first,
+  as this module used to, cost 1.45 s per GiB of float32; all statistics now cost 0.12 s.
+- The variance comes from a block's sum and sum of squares only where that cannot cancel:
+  where the mean dominates (squared deviations under 1/16 of the squares: 1e4 plus noise, a
+  normalization scale near 1.0) the block is summed again around its own mean. Magnitudes
+  whose squares would leave float32's range take float64.
+- Zeros are counted only where the block's range holds zero.
 
-Reading: plain numeric tensors of a V2 bundle are streamed from the data shard for any size,
-checksummed chunk by chunk (:func:`tpuckpt_viz.bundle.iter_chunks`), which measured 3 times as
-fast as ``CheckpointReader.get_tensor``; other tensors (strings, partitioned variables, V1
-files) go through TensorFlow's reader. :func:`iter_stats` reads the next chunks in a
-background thread while the current one is reduced (file reads, checksums and numpy reductions
-all release the GIL), at most a few chunks ahead, so memory stays bounded by the chunk size.
+Reading (:func:`iter_stats`): plain numeric tensors of a V2 bundle are read straight from the
+data shard whatever their size, with ``os.preadv`` into reused buffers (fresh buffers cost a
+page fault per 4 KB: a third of the read time), and checked against their crc32c; that is 3
+times as fast as ``CheckpointReader.get_tensor`` for the same bytes. Strings, partitioned
+variables and V1 files go through TensorFlow's reader. Worker threads (as many as cores, 2 at
+least) each read and reduce a unit of a few MB (blocks of a large tensor, or small tensors
+that lie side by side in the shard) while the caller merges results and checks checksums in
+order: reads, checksums and numpy's loops release the GIL, so both cores work when they are
+free; memory stays bounded by the units in flight.
 
 ``std`` is the population standard deviation (ddof=0); min, max, mean, std and l2 are taken
 over the finite values; ``zeros`` is the fraction of all elements.
@@ -41,7 +44,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import queue
 import threading
 import time
 from collections import deque
@@ -66,8 +68,6 @@ FLOAT32_SUMS_FROM = 1 << 16
 # Values per block: statistics are reduced block by block, counted from the tensor's start
 # (1 MB of float32: every pass over a block after the first hits the core's cache).
 BLOCK = 1 << 19
-# Chunks read ahead of the one being reduced.
-READ_AHEAD = 3
 
 # progress(tensors_done, tensors_total, label, bytes_done): the CLI's stderr line and the
 # dashboard's progress bar both take this.
@@ -121,33 +121,35 @@ def widen_block(raw: np.ndarray) -> np.ndarray:
     return out
 
 
-_ROWSUM = "vecdot"
-
-
 def row_sums(x: np.ndarray, y: np.ndarray | None = None) -> float:
-    """Sum of ``x`` (or of ``x * y``) in float64, from partial sums over rows of 256 values
-    in the arrays' own type. Deterministic for a given array.
+    """Sum of ``x`` (or of ``x * y``) in float64, from partial sums over rows of 1024 values
+    in the arrays' own type (``np.vecdot``). Deterministic for a given array.
 
-    numpy's own loops (``add.reduce`` along rows, ``einsum``) rather than ``vecdot`` or
-    ``matmul``: those go through BLAS, which measured no faster on two threads than on one
-    here, while these scale (1.7 to 1.8 times on two cores) at the same single-thread speed.
+    Measured here per 512K float32 values in cache: ``vecdot`` 22 to 27 us, ``add.reduce``
+    along rows 48 to 62 us, ``einsum`` 44 to 55 us (and ``einsum`` rows of 512 or more lose
+    precision: 5e-7 relative); ``vecdot`` rows stay within about 1e-9 of float64.
     """
     n = x.size
     m = n - n % _ROW
     total = 0.0
     if m:
         rows = x[:m].reshape(-1, _ROW)
-        if _ROWSUM == "vecdot":
-            other = np.ones(_ROW, x.dtype) if y is None else y[:m].reshape(-1, _ROW)
-            partial = np.vecdot(rows, other)
-        else:
-            partial = (np.add.reduce(rows, axis=1) if y is None
-                       else np.einsum("ij,ij->i", rows, y[:m].reshape(-1, _ROW)))
-        total = float(partial.sum(dtype=np.float64))
+        other = _ones(x.dtype) if y is None else y[:m].reshape(-1, _ROW)
+        total = float(np.vecdot(rows, other).sum(dtype=np.float64))
     if m < n:
         tail = x[m:].astype(np.float64)
         total += float(tail.sum()) if y is None else float(np.dot(tail, y[m:].astype(np.float64)))
     return total
+
+
+_ONES: dict = {}
+
+
+def _ones(dtype) -> np.ndarray:
+    ones = _ONES.get(dtype)
+    if ones is None:
+        ones = _ONES[dtype] = np.ones(_ROW, dtype)
+    return ones
 
 
 def _safe_range(x: np.ndarray, amax: float) -> tuple[np.ndarray, float]:
@@ -424,8 +426,9 @@ class PairAccumulator:
         if n == 0:
             return
         self.count += n
-        same = _same_bits(ca, cb)
-        self.identical = self.identical and same
+        # Compared only while nothing has moved (as a plain loop would stop comparing).
+        same = self.identical and _same_bits(ca, cb)
+        self.identical = same
         a, b = widen(ca.reshape(-1)), widen(cb.reshape(-1))
         if same:  # nothing moved: one sum of squares serves all three
             s = sumsq(a)
@@ -434,7 +437,7 @@ class PairAccumulator:
             self.dot += s
             return
         if a.dtype == b.dtype == np.float32 and n >= FLOAT32_SUMS_FROM:
-            d = b - a
+            d = np.subtract(b, a, out=_buffer("delta", n, np.float32))
             sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
             if not _sums_ok(n, *sums[:3]) or not math.isfinite(sums[3]):
                 a, b = a.astype(np.float64), b.astype(np.float64)
@@ -496,50 +499,86 @@ def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
     return ckpt.chunks(key, chunk_bytes=chunk_bytes, threshold_bytes=threshold_bytes)
 
 
-_END = object()
+def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
+                  chunk_bytes: int | None = None) -> Iterator[np.ndarray]:
+    """Like :func:`tensor_chunks`, but a local shard is read into this thread's scratch
+    buffer ``slot``: each chunk is valid only until the next one is asked for.
 
-
-def read_ahead(items: Iterable, depth: int = READ_AHEAD) -> Iterator:
-    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
-
-    Reads (file reads and crc32c release the GIL) then overlap with the caller's numpy work.
-    An exception in the reader comes out of this iterator at the point where it happened;
-    leaving the loop early stops the reader.
+    For loops that reduce each chunk at once (the pairwise diff): reading into the same
+    memory avoids a fresh allocation per chunk, whose page faults measured a third of the
+    read time. Checksummed as :func:`tpuckpt_viz.bundle.iter_chunks` does.
     """
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+    from . import bundle
+    from .errors import UserError
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    chunk_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
+    if not ckpt.streamable(key):
+        yield from ckpt.chunks(key, chunk_bytes=chunk_bytes)
+        return
+    index = ckpt.index
+    proto = index.entries[key]
+    path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
+    if bundle._local_path(path) is None:
+        yield from bundle.iter_chunks(index, key, chunk_bytes)
+        return
+    import google_crc32c
 
-    def run() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((_END, None))
-        except BaseException as exc:  # handed over to the consumer
-            put((_END, exc))
-
-    thread = threading.Thread(target=run, name="tpuckpt-read-ahead", daemon=True)
-    thread.start()
+    dt = bundle.numpy_dtype(proto.dtype)
+    if index.header.endianness == 1:
+        dt = dt.newbyteorder(">")
+    size, offset = int(proto.size), int(proto.offset)
+    step = max(dt.itemsize, chunk_bytes // dt.itemsize * dt.itemsize)
+    fd = _open_shard(path)
     try:
-        while True:
-            item, exc = q.get()
-            if item is _END:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
+        buf = _buffer(slot, max(1, min(step, size)), np.uint8)
+        crc = done = 0
+        while done < size:
+            n = min(step, size - done)
+            view = buf[:n]
+            got = 0
+            while got < n:
+                r = os.preadv(fd, [view[got:]], offset + done + got)
+                if not r:
+                    raise UserError(f"data for {key} in {path} ends early: the shard is "
+                                    "truncated; copy it again")
+                got += r
+            crc = google_crc32c.extend(crc, view)
+            done += n
+            yield view.view(dt)
     finally:
-        stop.set()
-        thread.join()
+        os.close(fd)
+    if bundle._mask(crc) != proto.crc32c:
+        raise UserError(f"data for {key} in {path} fails its checksum: the shard is corrupt; "
+                        "copy it again from the source")
+
+
+def pair_chunks(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str,
+                chunk_bytes: int | None = None) -> Iterator[tuple]:
+    """Equal-length chunks of two tensors of the same shape and dtype, side by side, each
+    read once (valid until the next pair is asked for)."""
+    a = reused_chunks(ckpt_a, key_a, "pair_a", chunk_bytes)
+    b = reused_chunks(ckpt_b, key_b, "pair_b", chunk_bytes)
+    if ckpt_a.streamable(key_a) and ckpt_b.streamable(key_b):
+        # The same dtype and size on both sides: the chunks line up one to one.
+        for ca, cb in zip(a, b, strict=True):
+            yield ca, cb
+        return
+    a = tensor_chunks(ckpt_a, key_a, chunk_bytes)
+    b = tensor_chunks(ckpt_b, key_b, chunk_bytes)
+    ia, ib = iter(a), iter(b)
+    ca = cb = None
+    while True:
+        while ca is None or ca.size == 0:
+            ca = next(ia, None)
+            if ca is None:
+                return
+        while cb is None or cb.size == 0:
+            cb = next(ib, None)
+            if cb is None:
+                return
+        n = min(ca.size, cb.size)
+        yield ca[:n], cb[:n]
+        ca, cb = ca[n:], cb[n:]
 
 
 def _string_record(ckpt: Checkpoint, key: str, raw=None) -> dict:
@@ -558,61 +597,6 @@ def _record(ckpt: Checkpoint, key: str, acc: Accumulator, keep_sample: bool) -> 
         record["sample"] = acc.sampled()
         record["sampled_of"] = acc.finite
     return record
-
-
-def _iter_stats_pipeline(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
-               keep_sample: bool = False, chunk_bytes: int | None = None,
-               threshold_bytes: int | None = None,
-               labels: dict[str, str] | None = None) -> Iterator[dict]:
-    """Statistics of each tensor in ``keys``, in order (see :func:`tensor_stats`).
-
-    One read of each tensor; a background thread reads ahead while this one reduces.
-    ``progress(done, total, label, bytes_done)`` is called before each tensor and, inside
-    large tensors, about every quarter second; ``labels`` maps keys to the label shown.
-    """
-    keys = list(keys)
-    total = len(keys)
-
-    def source():
-        for i, key in enumerate(keys):
-            entry = ckpt.entries.get(key)
-            if entry is None or not _is_numeric(entry.dtype):
-                ckpt.read_raw(key) if entry is not None else ckpt._check(key)
-                yield i, None, True
-                continue
-            for chunk in tensor_chunks(ckpt, key, chunk_bytes, threshold_bytes):
-                yield i, widen(chunk.reshape(-1)), False
-            yield i, None, True
-
-    done_bytes = 0
-    last = time.monotonic()
-    acc = None
-    current = -1
-    for i, chunk, end in read_ahead(source()):
-        key = keys[i]
-        if i != current:
-            current = i
-            if progress:
-                progress(i, total, labels.get(key, key) if labels else key, done_bytes)
-                last = time.monotonic()
-            entry = ckpt.entries[key]
-            acc = new_accumulator(entry.numel) if keep_sample else Accumulator()
-        if not end:
-            acc.add(chunk)
-            if progress and time.monotonic() - last > 0.25:
-                progress(i, total, labels.get(key, key) if labels else key,
-                         done_bytes + acc.count * ckpt.entries[key].nbytes
-                         // max(ckpt.entries[key].numel, 1))
-                last = time.monotonic()
-            continue
-        entry = ckpt.entries[key]
-        if not _is_numeric(entry.dtype):
-            yield _string_record(ckpt, key, raw=True)
-        else:
-            yield _record(ckpt, key, acc, keep_sample)
-        done_bytes += entry.nbytes
-    if progress:
-        progress(total, total, "done", done_bytes)
 
 
 # ------------------------------------------------------------------------------ engine
@@ -640,7 +624,6 @@ class _Unit:
     kind: str
     pieces: list
     path: str = ""
-    local: str | None = None
     offset: int = 0
     nbytes: int = 0
 
@@ -693,7 +676,6 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
         if path not in files:
             files[path] = _open_shard(path)
-        local = path if files[path] is not None else None
         size, offset = int(proto.size), int(proto.offset)
         if (pending is not None and pending.path == path and size <= unit_bytes
                 and pending.offset + pending.nbytes == offset
@@ -709,7 +691,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         while True:
             n = min(step, size - done)
             unit = _Unit("shard", [_Piece(i, key, dt, 0, n, done // dt.itemsize,
-                                          done + n >= size)], path, local, offset + done, n)
+                                          done + n >= size)], path, offset + done, n)
             done += n
             if done >= size:
                 pending = unit  # the tail may share its read with the next small tensors
@@ -940,8 +922,12 @@ def tensor_stats(ckpt: Checkpoint, key: str, *, keep_sample: bool = False,
     :data:`HISTOGRAM_SAMPLE` remain) and ``sampled_of`` (how many finite values there were).
     String tensors get None statistics. See :func:`iter_stats`.
     """
-    return next(iter_stats(ckpt, [key], keep_sample=keep_sample, chunk_bytes=chunk_bytes,
-                           threshold_bytes=threshold_bytes))
+    records = iter_stats(ckpt, [key], keep_sample=keep_sample, chunk_bytes=chunk_bytes,
+                         threshold_bytes=threshold_bytes)
+    try:
+        return next(records)
+    finally:
+        records.close()
 
 
 def histogram(values: np.ndarray, bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
