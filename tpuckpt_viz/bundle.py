@@ -15,6 +15,7 @@ The ``tensorflow.core...`` proto modules import all of TensorFlow (their parent 
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def dtype_name(dtype_enum: int) -> str:
 
 
 def _numel(entry) -> int:
-    return int(np.prod([d.size for d in entry.shape.dim], dtype=np.int64))
+    return math.prod(int(d.size) for d in entry.shape.dim)
 
 
 def can_stream(entry) -> bool:

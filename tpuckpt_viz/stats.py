@@ -645,14 +645,20 @@ def _pool() -> ThreadPoolExecutor:
         return _executor
 
 
+# Bytes of other data a unit may read past to take in the next small tensor of the shard.
+_GAP = 64 << 10
+
+
 def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: int | None,
           files: dict) -> Iterator[_Unit]:
-    """Units of work for ``keys``, in order. Small tensors that lie next to each other in the
-    same shard share a unit (one read); large ones are cut at block boundaries."""
+    """Units of work for ``keys``: first those TensorFlow's reader must read, then the data
+    shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint`` writes
+    a variable's slots far from it). Small tensors close together in a shard share a unit
+    (one read); large ones are cut at block boundaries."""
     from . import bundle
 
     index = ckpt.index
-    pending: _Unit | None = None
+    on_disk = []
     for i, key in enumerate(keys):
         entry = ckpt.entries.get(key)
         if entry is None:
@@ -660,29 +666,28 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         elif not _is_numeric(entry.dtype):
             kind = "string"
         elif threshold_bytes is None and ckpt.streamable(key):
-            kind = "shard"
+            proto = index.entries[key]
+            path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
+            on_disk.append((path, int(proto.offset), i, key, proto))
+            continue
         else:
             kind = "tf"
-        if kind != "shard":
-            if pending is not None:
-                yield pending
-                pending = None
-            yield _Unit(kind, [_Piece(i, key, None, 0, 0, 0, True)])
-            continue
-        proto = index.entries[key]
+        yield _Unit(kind, [_Piece(i, key, None, 0, 0, 0, True)])
+    on_disk.sort(key=lambda t: t[:3])
+    pending: _Unit | None = None
+    for path, offset, i, key, proto in on_disk:
         dt = bundle.numpy_dtype(proto.dtype)
         if index.header.endianness == 1:
             dt = dt.newbyteorder(">")
-        path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
         if path not in files:
             files[path] = _open_shard(path)
-        size, offset = int(proto.size), int(proto.offset)
-        if (pending is not None and pending.path == path and size <= unit_bytes
-                and pending.offset + pending.nbytes == offset
-                and pending.nbytes + size <= unit_bytes):
-            pending.pieces.append(_Piece(i, key, dt, pending.nbytes, size, 0, True))
-            pending.nbytes += size
-            continue
+        size = int(proto.size)
+        if pending is not None and pending.path == path:
+            start = offset - pending.offset
+            if (0 <= start - pending.nbytes <= _GAP and start + size <= unit_bytes):
+                pending.pieces.append(_Piece(i, key, dt, start, size, 0, True))
+                pending.nbytes = start + size
+                continue
         if pending is not None:
             yield pending
             pending = None
@@ -807,14 +812,15 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
                labels: dict[str, str] | None = None) -> Iterator[dict]:
     """Statistics of each tensor in ``keys``, in order (see :func:`tensor_stats`).
 
-    Each tensor is read once. The work is cut into units (a few MB of a data shard: whole
-    blocks of a large tensor, or several small tensors that lie side by side) that worker
-    threads read and reduce, a few units ahead, while this thread checks each tensor's
-    crc32c and merges the partial results in order; memory stays bounded by the units in
-    flight whatever the tensor sizes. ``progress(done, total, label, bytes_done)`` is called
-    as each tensor starts and, inside large tensors, about every quarter second; ``labels``
-    maps keys to the label shown. ``chunk_bytes`` sets the unit size (the numbers do not
-    depend on it); see :func:`tensor_chunks` for ``threshold_bytes``.
+    Each tensor is read once. The data shards are read front to back in units of a few MB
+    (whole blocks of a large tensor, or small tensors close together) that worker threads
+    read and reduce, a few units ahead; this thread merges each tensor's partial results in
+    order, checks its crc32c and yields the records in the order of ``keys``. Memory stays
+    bounded by the units in flight whatever the tensor sizes. ``progress(done, total, label,
+    bytes_done)`` is called as each record is ready and about every quarter second in
+    between; ``labels`` maps keys to the label shown. ``chunk_bytes`` sets the unit size (the
+    numbers do not depend on it); see :func:`tensor_chunks` for ``threshold_bytes``. An error
+    (a missing shard, a checksum) is raised in its tensor's turn.
     """
     import google_crc32c
 
@@ -838,11 +844,50 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
     # Read buffers, reused: each unit in flight holds one until its results are merged.
     buffers = [None] * window
     free = list(range(window))
-    done_bytes = 0
+    # Tensors finish in the order of the shard; records go out in the order of ``keys``.
+    partial: dict[int, list] = {}  # index -> [Accumulator, crc]
+    ready: dict[int, object] = {}  # index -> record, or the error to raise in its turn
+    following = 0
+    done_bytes = merged_bytes = 0
     last = time.monotonic()
-    acc: Accumulator | None = None
-    crc = 0
-    current = -1
+
+    def label(i: int) -> str:
+        return labels.get(keys[i], keys[i]) if labels else keys[i]
+
+    def finish(unit: _Unit, data, piece: _Piece, result, piece_crc) -> None:
+        nonlocal merged_bytes
+        key, i = piece.key, piece.index
+        if i in ready:  # an earlier unit of this tensor failed
+            return
+        if unit.kind == "string":
+            ready[i] = _string_record(ckpt, key, raw=True)
+            return
+        if unit.kind == "tf":
+            ready[i] = _record(ckpt, key, result, keep_sample)
+            return
+        state = partial.get(i)
+        if state is None:
+            state = partial[i] = [Accumulator(sample_every=sample_every.get(i, 0)), 0]
+        acc = state[0]
+        if piece_crc is None:
+            state[1] = google_crc32c.extend(state[1], np.frombuffer(
+                data, np.uint8, piece.nbytes, piece.start))
+        else:
+            state[1] = piece_crc
+        for part in result:
+            acc.merge(part)
+        merged_bytes += piece.nbytes
+        if not piece.last:
+            return
+        del partial[i]
+        if bundle._mask(state[1]) != ckpt.index.entries[key].crc32c:
+            ready[i] = UserError(f"data for {key} in {unit.path} fails its checksum: the "
+                                 "shard is corrupt; copy it again from the source")
+        else:
+            ready[i] = _record(ckpt, key, acc, keep_sample)
+
+    if progress and total:
+        progress(0, total, label(0), 0)
     try:
         exhausted = False
         while True:
@@ -861,46 +906,30 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
             if not inflight:
                 break
             unit, slot, future = inflight.popleft()
-            data, results = future.result()
+            try:
+                data, results = future.result()
+            except UserError as exc:  # raised in its turn, after the records before it
+                data, results = None, None
+                for piece in unit.pieces:
+                    partial.pop(piece.index, None)
+                    ready.setdefault(piece.index, exc)
             free.append(slot)
-            for piece, (result, piece_crc) in zip(unit.pieces, results):
-                key = piece.key
-                if piece.index != current:
-                    current = piece.index
-                    acc = Accumulator(sample_every=sample_every.get(piece.index, 0))
-                    crc = 0
-                    if progress:
-                        progress(piece.index, total, labels.get(key, key) if labels else key,
-                                 done_bytes)
-                        last = time.monotonic()
-                entry = ckpt.entries[key]
-                if unit.kind == "string":
-                    yield _string_record(ckpt, key, raw=True)
-                    done_bytes += entry.nbytes
-                    continue
-                if unit.kind == "tf":
-                    acc = result
-                else:
-                    if piece_crc is None:
-                        crc = google_crc32c.extend(crc, np.frombuffer(
-                            data, np.uint8, piece.nbytes, piece.start))
-                    else:
-                        crc = piece_crc
-                    for part in result:
-                        acc.merge(part)
-                    if not piece.last:
-                        if progress and time.monotonic() - last > 0.25:
-                            progress(piece.index, total,
-                                     labels.get(key, key) if labels else key,
-                                     done_bytes + acc.count * entry.nbytes // max(entry.numel, 1))
-                            last = time.monotonic()
-                        continue
-                    proto = ckpt.index.entries[key]
-                    if bundle._mask(crc) != proto.crc32c:
-                        raise UserError(f"data for {key} in {unit.path} fails its checksum: "
-                                        "the shard is corrupt; copy it again from the source")
-                yield _record(ckpt, key, acc, keep_sample)
-                done_bytes += entry.nbytes
+            for piece, (result, piece_crc) in zip(unit.pieces, results or ()):
+                finish(unit, data, piece, result, piece_crc)
+            while following in ready:
+                record = ready.pop(following)
+                if isinstance(record, BaseException):
+                    raise record
+                done_bytes += ckpt.entries[keys[following]].nbytes
+                following += 1
+                yield record
+                if progress and following < total:
+                    progress(following, total, label(following), done_bytes)
+                    last = time.monotonic()
+            if progress and time.monotonic() - last > 0.25:
+                progress(following, total, label(min(following, total - 1)),
+                         max(done_bytes, merged_bytes))
+                last = time.monotonic()
     finally:
         for _, _, future in inflight:
             future.cancel()
