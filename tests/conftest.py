@@ -8,10 +8,12 @@ of unusual dtypes, the demo run). ``shared`` is ``../shared/checkpoints``: read 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelpers import clear_caches
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -45,6 +47,30 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture
+def fresh_caches():
+    """Streamlit's caches emptied before and after the test."""
+    clear_caches()
+    yield
+    clear_caches()
+
+
+@pytest.fixture
+def app_env(shared, demo_run, tmp_path_factory, monkeypatch, fresh_caches) -> Path:
+    """For the dashboard: roots = the shared folder and every tmp folder (the corpus too), no
+    ``TPUCKPT_MODEL``, the demo run in place, fresh caches. Returns the demo folder."""
+    from tpuckpt_viz import config
+
+    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
+        [str(shared), str(tmp_path_factory.getbasetemp())]))
+    monkeypatch.delenv("TPUCKPT_MODEL", raising=False)
+    demo = config.demo_dir()
+    if not (demo / "DONE").is_file():  # copy the session's demo run: no second training
+        shutil.rmtree(demo, ignore_errors=True)
+        shutil.copytree(demo_run, demo)
+    return demo
 
 
 @pytest.fixture(scope="session")

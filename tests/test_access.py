@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
+from apphelpers import COMPARE, open_app
 
 from tpuckpt_viz import config
 from tpuckpt_viz.access import allowed_roots, check_path
 from tpuckpt_viz.errors import UserError
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture
@@ -189,28 +187,6 @@ def test_roots_with_tilde_and_symlinks_are_resolved(tree, monkeypatch, tmp_path)
 
 # -- in the dashboard ----------------------------------------------------------------------
 
-@pytest.fixture
-def fresh_caches():
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def _app(query: dict):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception
-    return at
-
-
 def _errors(at) -> str:
     return " | ".join(e.value for e in at.error)
 
@@ -221,13 +197,13 @@ def test_page_refuses_paths_outside_roots(tree, demo_run, fresh_caches, monkeypa
     shutil.rmtree(demo)
     shutil.copytree(demo_run, demo)
     shutil.copytree(demo_run, outside / "run")
-    at = _app({"ckpt": str(outside / "run")})
+    at = open_app(ckpt=str(outside / "run"))
     assert "outside the allowed roots" in _errors(at)
     assert not at.metric  # nothing of the checkpoint is shown
     (root / "escape").symlink_to(outside / "run", target_is_directory=True)
-    at = _app({"ckpt": str(root / "escape")})
+    at = open_app(ckpt=str(root / "escape"))
     assert "outside the allowed roots" in _errors(at)
-    at = _app({"ckpt": f"{root}/../outside/run"})
+    at = open_app(ckpt=f"{root}/../outside/run")
     assert "outside the allowed roots" in _errors(at)
 
 
@@ -242,16 +218,10 @@ def test_state_file_must_not_lead_out(tree, demo_run, fresh_caches, tmp_path):
     target = outside / "run" / "ckpt-300"
     (lure / "checkpoint").write_text(f'model_checkpoint_path: "{target}"\n'
                                      f'all_model_checkpoint_paths: "{target}"\n')
-    at = _app({"ckpt": str(lure)})
+    at = open_app(ckpt=str(lure))
     assert "outside the allowed roots" in _errors(at)
     assert not at.metric
     # The Whole run tab of Compare must not read them either.
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["run"] = str(lure)
-    at.switch_page("tpuckpt_viz/app_pages/compare.py")
-    at.run()
-    assert not at.exception
+    at = open_app(COMPARE, run=str(lure))
     assert "outside the allowed roots" in _errors(at)
     assert not at.success

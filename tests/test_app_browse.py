@@ -7,45 +7,12 @@ own reader (``tf.train.load_checkpoint``), not through the project's code.
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelpers import open_app
 
-from tpuckpt_viz import config
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-@pytest.fixture
-def app_env(shared, demo_run, tmp_path_factory, monkeypatch):
-    """Roots = the shared folder and every tmp folder; the demo run in place; fresh caches."""
-    import streamlit as st
-
-    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
-        [str(shared), str(tmp_path_factory.getbasetemp())]))
-    demo = config.demo_dir()
-    if not (demo / "DONE").is_file():  # copy the session's demo run: no second training
-        shutil.rmtree(demo, ignore_errors=True)
-        shutil.copytree(demo_run, demo)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield demo
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def run_app(**query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = str(v)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def rerun(at):
@@ -108,7 +75,7 @@ def caption_prefix(at) -> str:
 # -- the demo, opened by default -------------------------------------------------------------
 
 def test_demo_opens_by_default(app_env):
-    at = run_app()
+    at = open_app()
     m = metrics(at)
     assert set(m) >= {"Variables", "Parameters", "Size"}
     assert int(m["Variables"].replace(",", "")) > 20
@@ -129,7 +96,7 @@ def test_demo_opens_by_default(app_env):
 
 
 def test_weight_with_slots_and_a_slot(app_env):
-    at = run_app()
+    at = open_app()
     table = variable_table(at)
     prefix = caption_prefix(at)
     owners = set(table["slot_of_name"].dropna())
@@ -155,7 +122,7 @@ def test_weight_with_slots_and_a_slot(app_env):
 
 
 def test_other_step_of_the_run(app_env):
-    at = run_app()
+    at = open_app()
     at.selectbox(key="ckpt_path_step").set_value("ckpt-60")
     at = rerun(at)
     prefix = caption_prefix(at)
@@ -167,7 +134,7 @@ def test_other_step_of_the_run(app_env):
 
 
 def test_filters_and_bad_pattern(app_env):
-    at = run_app()
+    at = open_app()
     at.multiselect(key="f_kind").set_value(["slot"])
     at = rerun(at)
     assert set(variable_table(at)["kind"]) == {"slot"}
@@ -180,7 +147,7 @@ def test_filters_and_bad_pattern(app_env):
 # -- other checkpoints through ?ckpt= --------------------------------------------------------
 
 def test_keras3_checkpoint(app_env, keras3_adam_ckpt):
-    at = run_app(ckpt=keras3_adam_ckpt)
+    at = open_app(ckpt=keras3_adam_ckpt)
     assert caption_prefix(at) == keras3_adam_ckpt
     table = variable_table(at)
     assert "sequential/dense/kernel" in set(table["name"])
@@ -194,7 +161,7 @@ def test_keras3_checkpoint(app_env, keras3_adam_ckpt):
 
 
 def test_tf1_checkpoint_with_partitioned_variable(app_env, tf1_saver_ckpt):
-    at = run_app(ckpt=tf1_saver_ckpt)
+    at = open_app(ckpt=tf1_saver_ckpt)
     table = variable_table(at)
     assert {"dense/kernel", "embedding", "global_step", "dense/kernel/Adam"} <= set(table["name"])
     at = select_tensor(at, "embedding")
@@ -203,13 +170,13 @@ def test_tf1_checkpoint_with_partitioned_variable(app_env, tf1_saver_ckpt):
     assert_stats_match(shown_stats(at), values)
     assert "Optimizer slots" in [s.value for s in at.subheader]
     # Opening the folder picks the same (only) checkpoint.
-    at = run_app(ckpt=os.path.dirname(tf1_saver_ckpt))
+    at = open_app(ckpt=os.path.dirname(tf1_saver_ckpt))
     assert caption_prefix(at) == tf1_saver_ckpt
 
 
 def test_bfloat16_and_other_dtypes(app_env, bf16_ckpt):
     prefix, values = bf16_ckpt
-    at = run_app(ckpt=prefix)
+    at = open_app(ckpt=prefix)
     table = variable_table(at)
     assert set(table["dtype"]) >= {"bfloat16", "float16", "int32", "bool", "string"}
     for name in ("bf16", "f16", "i32"):
@@ -224,7 +191,7 @@ def test_bfloat16_and_other_dtypes(app_env, bf16_ckpt):
 
 def test_string_tensor_shows_values(app_env, bf16_ckpt):
     prefix, values = bf16_ckpt
-    at = run_app(ckpt=prefix, tensor="text")
+    at = open_app(ckpt=prefix, tensor="text")
     assert at.selectbox(key="tensor").value == "text"
     shown = frames(at, "value")
     shown = [df for df in shown if "statistic" not in df.columns][0]
@@ -235,14 +202,14 @@ def test_string_tensor_shows_values(app_env, bf16_ckpt):
 # -- errors: one st.error line, never an exception ------------------------------------------
 
 def test_missing_path(app_env, tmp_path):
-    at = run_app(ckpt=str(tmp_path / "nope" / "ckpt-1"))
+    at = open_app(ckpt=str(tmp_path / "nope" / "ckpt-1"))
     assert "does not exist" in errors(at)
     assert not at.metric and not at.dataframe
 
 
 def test_outside_roots(app_env, tmp_path, monkeypatch, keras3_adam_ckpt):
     monkeypatch.setenv("TPUCKPT_ROOTS", str(tmp_path))
-    at = run_app(ckpt=keras3_adam_ckpt)
+    at = open_app(ckpt=keras3_adam_ckpt)
     message = errors(at)
     assert "outside the allowed roots" in message and "--root" in message
     assert not at.metric
@@ -252,7 +219,7 @@ def test_t5x_partial_lists_then_names_the_missing_shard(app_env, shared):
     from tpuckpt_viz.bundle import read_index
 
     folder = shared / "t5x_mtf_tiny_t5_PARTIAL"
-    at = run_app(ckpt=str(folder))
+    at = open_app(ckpt=str(folder))
     assert metrics(at)["Variables"] == "105"
     assert len(variable_table(at)) == 105
     prefix = caption_prefix(at)

@@ -7,47 +7,10 @@ counts and norms are checked against numbers computed by hand.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tpuckpt_viz import config
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-COMPARE = "tpuckpt_viz/app_pages/compare.py"
-
-
-@pytest.fixture
-def app_env(shared, demo_run, tmp_path_factory, monkeypatch):
-    """Roots = the shared folder and every tmp folder; the demo run in place; fresh caches."""
-    import streamlit as st
-
-    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
-        [str(shared), str(tmp_path_factory.getbasetemp())]))
-    demo = config.demo_dir()
-    if not (demo / "DONE").is_file():
-        shutil.rmtree(demo, ignore_errors=True)
-        shutil.copytree(demo_run, demo)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield demo
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def run_compare(**query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = str(v)
-    at.switch_page(COMPARE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from apphelpers import COMPARE, open_app
 
 
 def metrics(at) -> dict:
@@ -109,7 +72,7 @@ def nan_run(tf, tmp_path_factory):
 # -- two checkpoints -------------------------------------------------------------------------
 
 def test_default_pair_is_the_two_newest_demo_steps(app_env):
-    at = run_compare()
+    at = open_app(COMPARE)
     assert at.text_input(key="cmp_a").value == str(app_env / "ckpt-240")
     assert at.text_input(key="cmp_b").value == str(app_env / "ckpt-300")
     m = metrics(at)
@@ -123,7 +86,7 @@ def test_default_pair_is_the_two_newest_demo_steps(app_env):
 
 def test_known_changes(app_env, pair):
     a, b = pair
-    at = run_compare(a=a, b=b)
+    at = open_app(COMPARE, a=a, b=b)
     m = metrics(at)
     # changed: dense/kernel and the object graph (a string entry that names other variables)
     assert m == {"changed": 2, "same": 1, "added": 1, "removed": 1, "shape changed": 1,
@@ -157,7 +120,7 @@ def test_known_changes(app_env, pair):
 
 def test_match_by_raw_key(app_env, pair):
     a, b = pair
-    at = run_compare(a=a, b=b)
+    at = open_app(COMPARE, a=a, b=b)
     at.checkbox(key="cmp_by_key").check()
     at.run()
     assert not at.exception
@@ -166,7 +129,7 @@ def test_match_by_raw_key(app_env, pair):
 
 def test_bad_side_is_one_error(app_env, pair, tmp_path):
     a, _ = pair
-    at = run_compare(a=a, b=str(tmp_path / "missing"))
+    at = open_app(COMPARE, a=a, b=str(tmp_path / "missing"))
     assert "does not exist" in errors(at)
     assert "changed" not in {m.label for m in at.metric}
 
@@ -174,7 +137,7 @@ def test_bad_side_is_one_error(app_env, pair, tmp_path):
 # -- the whole run ---------------------------------------------------------------------------
 
 def test_whole_run_of_the_demo_without_a_click(app_env):
-    at = run_compare()
+    at = open_app(COMPARE)
     assert at.text_input(key="run_dir").value == str(app_env)
     assert [s.value for s in at.success] == [
         s.value for s in at.success if "No NaN or Inf in 6 checkpoints" in s.value]
@@ -189,7 +152,7 @@ def test_whole_run_of_the_demo_without_a_click(app_env):
 
 
 def test_whole_run_names_the_first_nan_step(app_env, nan_run):
-    at = run_compare(run=str(nan_run))
+    at = open_app(COMPARE, run=str(nan_run))
     message = errors(at)
     assert "First NaN/Inf at step 20" in message
     assert "kernel" in message
@@ -203,7 +166,7 @@ def test_whole_run_names_the_first_nan_step(app_env, nan_run):
 
 
 def test_whole_run_filters(app_env):
-    at = run_compare()
+    at = open_app(COMPARE)
     at.text_input(key="run_match").set_value("classifier")
     at.run()
     assert not at.exception

@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
+from apphelpers import INFER, open_app
 
-from tpuckpt_viz import config
 from tpuckpt_viz import inference as inf
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-INFER = "tpuckpt_viz/app_pages/infer.py"
 HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
 
 
-@pytest.fixture
-def app_env(shared, demo_run, tmp_path_factory, monkeypatch):
-    """Roots = the shared folder and every tmp folder; the demo run in place; fresh caches."""
-    import streamlit as st
-
-    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join(
-        [str(shared), str(tmp_path_factory.getbasetemp())]))
-    monkeypatch.delenv("TPUCKPT_MODEL", raising=False)
-    demo = config.demo_dir()
-    if not (demo / "DONE").is_file():
-        shutil.rmtree(demo, ignore_errors=True)
-        shutil.copytree(demo_run, demo)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield demo
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 def open_page(**query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=180)
-    for k, v in query.items():
-        at.query_params[k] = str(v)
-    at.switch_page(INFER)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    """The Infer page; a longer timeout than the other pages (a model is built and run)."""
+    return open_app(INFER, timeout=180, **query)
 
 
 def click(at, key: str):

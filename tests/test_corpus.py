@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelpers import COMPARE, INFER, open_app
 
-from tpuckpt_viz import cli, config
+from tpuckpt_viz import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
 # Shared folders the corpus opens (read in place, hashed before and after).
 SHARED_USED = ("t5x_mtf_tiny_t5_PARTIAL", "lingvo_lenet_test_model_PARTIAL",
@@ -260,23 +259,6 @@ def test_case_list_is_complete(corpus):
     assert [c.id for c in corpus[1]] == CASE_IDS
 
 
-@pytest.fixture
-def app_env(corpus, shared, demo_run, monkeypatch):
-    """Roots = the corpus and the shared folder; the demo run in place; fresh caches."""
-    import streamlit as st
-
-    monkeypatch.setenv("TPUCKPT_ROOTS", os.pathsep.join([str(corpus[0]), str(shared)]))
-    demo = config.demo_dir()
-    if not (demo / "DONE").is_file():
-        shutil.rmtree(demo, ignore_errors=True)
-        shutil.copytree(demo_run, demo)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 # -- the command line ------------------------------------------------------------------------
 
 def _strict_json(text: str):
@@ -417,19 +399,6 @@ def test_real_processes_print_one_line(corpus, shared):
 
 # -- the pages -------------------------------------------------------------------------------
 
-def _app(page: str | None = None, **query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = v
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 _RAW_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt|Exit)\b")
 
 
@@ -443,7 +412,7 @@ def assert_clear_errors(at, what: str) -> None:
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_browse_page(corpus, app_env, case_id):
     case = _case(corpus, case_id)
-    at = _app(ckpt=case.path)
+    at = open_app(ckpt=case.path)
     assert_clear_errors(at, case.id)
     if case.expect.get("list") == 1:
         assert at.error, case.id
@@ -476,7 +445,7 @@ def test_browse_page(corpus, app_env, case_id):
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_compare_page(corpus, app_env, case_id):
     case = _case(corpus, case_id)
-    at = _app("tpuckpt_viz/app_pages/compare.py", a=case.path, b=case.path, run=case.path)
+    at = open_app(COMPARE, a=case.path, b=case.path, run=case.path)
     assert_clear_errors(at, case.id)
     if case.expect.get("list") == 1:
         assert len(at.error) >= 2, case.id  # the pair and the run
@@ -487,7 +456,7 @@ def test_compare_page(corpus, app_env, case_id):
 
 
 def _infer_page_exists() -> bool:
-    page = ROOT / "tpuckpt_viz" / "app_pages" / "infer.py"
+    page = ROOT / INFER
     return page.is_file() and page.stat().st_size > 0
 
 
@@ -497,7 +466,7 @@ def test_infer_page(corpus, app_env, case_id):
     before or after pressing Run."""
     assert _infer_page_exists(), "tpuckpt_viz/app_pages/infer.py is not written yet"
     case = _case(corpus, case_id)
-    at = _app("tpuckpt_viz/app_pages/infer.py", ckpt=case.path)
+    at = open_app(INFER, ckpt=case.path)
     assert_clear_errors(at, case.id)
     run = [b for b in at.button if b.label == "Run"]
     if run:
