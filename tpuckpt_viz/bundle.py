@@ -336,3 +336,39 @@ def read_tensor(index: BundleIndex, key: str) -> np.ndarray:
         out[pos : pos + chunk.size] = chunk
         pos += chunk.size
     return out.reshape([d.size for d in entry.shape.dim])
+
+
+def read_scalar_string(index: BundleIndex, key: str) -> bytes | None:
+    """The bytes of a scalar string tensor (the object graph), read from its data shard.
+
+    TensorFlow stores a string tensor as the varint64 length of each element, a 4-byte
+    masked crc32c of those lengths, then the bytes. Reading it here spares opening
+    TensorFlow's ``CheckpointReader`` (which re-reads the whole index) just to list a
+    checkpoint. Returns None, for the caller to fall back to TensorFlow's reader, when the
+    entry is not a plain scalar string or anything does not check out.
+    """
+    entry = index.entries.get(key)
+    if (entry is None or entry.dtype != 7 or entry.slices or len(entry.shape.dim) != 0
+            or index.header.endianness != 0):
+        return None
+    path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
+    try:
+        with tf().io.gfile.GFile(path, "rb") as f:
+            f.seek(entry.offset)
+            raw = f.read(entry.size)
+    except Exception:  # a missing or unreadable shard: TensorFlow's reader says which
+        return None
+    try:
+        length, pos = _varint(raw, 0)
+    except (IndexError, ValueError):
+        return None
+    if pos + 4 + length != len(raw):
+        return None
+    # The checksum runs over each length as a little-endian uint32 (uint64 past 4 GiB), the
+    # masked length checksum itself, then the bytes (tensor_bundle.cc WriteStringTensor).
+    crc = google_crc32c.extend(0, struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length))
+    crc = google_crc32c.extend(crc, raw[pos:pos + 4])
+    crc = google_crc32c.extend(crc, raw[pos + 4:])
+    if _mask(crc) != entry.crc32c:
+        return None
+    return raw[pos + 4:]

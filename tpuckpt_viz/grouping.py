@@ -8,6 +8,7 @@ then name patterns. Each pattern has a row in ``tests/test_grouping.py``.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ def _is_metric_path(key: str, name: str) -> bool:
             or key.startswith("metrics/"))
 
 
+# Cached: a slot asks again for the kind and layer of the variable it belongs to.
+@functools.lru_cache(maxsize=1 << 16)
 def _name_kind(key: str, name: str, dtype: str, ndim: int) -> tuple[str, str | None]:
     """Kind and layer of a non-slot entry, from its readable name."""
     base = _base(name)
