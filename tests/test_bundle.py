@@ -103,6 +103,24 @@ def test_matches_tensorflow_reader(tf, prefix):
             want = np.asarray(reader.get_tensor(key))
             assert got.shape == want.shape, key
             assert got.tobytes() == want.tobytes(), key
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" in index.entries:
+        # Read from the shard with its checksum: the same bytes as TensorFlow's reader.
+        graph = bundle.read_scalar_string(index, "_CHECKPOINTABLE_OBJECT_GRAPH")
+        assert graph == reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+
+
+def test_scalar_string_refuses_what_does_not_check_out(made, tmp_path):
+    prefix = _copy(made[0], tmp_path)
+    index = bundle.read_index(prefix)
+    key = "_CHECKPOINTABLE_OBJECT_GRAPH"
+    assert bundle.read_scalar_string(index, key) is not None
+    entry = index.entries[key]
+    shard = bundle.data_path(prefix, entry.shard_id, index.header.num_shards)
+    data = bytearray(open(shard, "rb").read())
+    data[entry.offset + entry.size - 1] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    assert bundle.read_scalar_string(index, key) is None  # the caller falls back to TF
+    assert bundle.read_scalar_string(index, made[1]["s"]) is None  # a vector of strings
 
 
 def test_shared_folder_found():
