@@ -15,7 +15,18 @@ MODEL_KINDS = ("weight", "bias", "norm", "stat")
 
 
 def list_records(ckpt: Checkpoint) -> list[dict]:
-    """One record per entry of ``ckpt``, sorted by raw key (as ``tf.train.list_variables``)."""
+    """One record per entry of ``ckpt``, sorted by raw key (as ``tf.train.list_variables``).
+
+    Computed once per opened checkpoint (diff and steps ask for it several times); callers
+    must not modify the records.
+    """
+    cached = getattr(ckpt, "_records", None)
+    if cached is None:
+        cached = ckpt._records = _build_records(ckpt)
+    return cached
+
+
+def _build_records(ckpt: Checkpoint) -> list[dict]:
     graph = ckpt.object_graph
     keys = sorted(ckpt.entries)
     key_set = set(keys)
