@@ -16,6 +16,9 @@ from tpuckpt_viz.catalog import KINDS, MODEL_KINDS
 from tpuckpt_viz.sources import resolve_checkpoint, run_checkpoints
 
 st.title("Compare training steps")
+# The run at a glance, filled in once the Whole run tab has read the run: opening the page is
+# enough to see the run's steps and its first NaN/Inf.
+run_summary = st.empty()
 two, run = st.tabs(["Two checkpoints", "Whole run"])
 
 
@@ -163,12 +166,16 @@ with run:
         steps = None
     if steps is not None and len(steps):
         bad = diff.first_nonfinite(steps.to_dict("records"))
+        step_list = ", ".join(str(s) for s in steps["step"].drop_duplicates())
+        glance = (f"Run `{run_dir}`: {steps['step'].nunique()} checkpoints at steps "
+                  f"{step_list}. ")
         if bad:
-            st.error(f"First NaN/Inf at step {bad['step']}: `{bad['name']}` "
-                     f"({bad['nan']} NaN, {bad['inf']} Inf)")
+            run_summary.error(glance + f"First NaN/Inf at step {bad['step']}: `{bad['name']}` "
+                              f"({bad['nan']} NaN, {bad['inf']} Inf). See the Whole run tab.")
         else:
-            st.success(f"No NaN or Inf in {steps['step'].nunique()} checkpoints "
-                       f"({steps['name'].nunique()} variables).")
+            run_summary.success(glance + f"No NaN or Inf in {steps['step'].nunique()} "
+                                f"checkpoints ({steps['name'].nunique()} variables); norms "
+                                "and update ratios in the Whole run tab.")
         c1, c2 = st.columns(2)
         c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer"), width="stretch",
                         key="l2_lines")
