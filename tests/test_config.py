@@ -71,6 +71,28 @@ def test_serve_passes_flags_on_as_environment(monkeypatch, tmp_path):
     assert captured["argv"][-2:] == ["--ckpt", "ckpt_dir"]
 
 
+def test_serve_path_allows_its_folder(monkeypatch, tmp_path):
+    captured = {}
+
+    class Exec(Exception):
+        pass
+
+    def fake_exec(file, argv, env):
+        captured.update(env=env)
+        raise Exec
+
+    monkeypatch.setattr(cli.os, "execvpe", fake_exec)
+    monkeypatch.delenv("TPUCKPT_ROOTS", raising=False)
+    (tmp_path / "run").mkdir()
+    for argv, roots in ((["serve", str(tmp_path / "run")], [os.getcwd(), str(tmp_path / "run")]),
+                        (["serve", str(tmp_path / "run" / "ckpt-5")],
+                         [os.getcwd(), str(tmp_path / "run")]),
+                        (["serve", str(tmp_path / "run"), "--root", "/r"], ["/r"])):
+        with pytest.raises(Exec):
+            cli.COMMANDS["serve"](cli.build_parser().parse_args(argv))
+        assert captured["env"]["TPUCKPT_ROOTS"].split(os.pathsep) == roots
+
+
 def test_get_defaults_and_environment(monkeypatch):
     for s in config.SETTINGS:
         monkeypatch.delenv(s.env, raising=False)

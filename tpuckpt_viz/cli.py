@@ -226,6 +226,13 @@ def _cmd_serve(args) -> None:
            "--server.address", address, "--server.port", port,
            "--browser.gatherUsageStats", "false"]
     if args.path:
+        if not args.root and not os.environ.get("TPUCKPT_ROOTS"):
+            # Whoever starts the server named this checkpoint: its folder is allowed beside
+            # the default root (the working folder). --root replaces both.
+            remote = "://" in args.path
+            folder = args.path if remote or os.path.isdir(args.path) else (
+                os.path.dirname(os.path.abspath(args.path)))
+            env["TPUCKPT_ROOTS"] = os.pathsep.join([os.getcwd(), folder])
         cmd += ["--", "--ckpt", args.path]
     print(f"tpuckpt-viz: http://{address}:{port}", file=sys.stderr)
     os.execvpe(cmd[0], cmd, env)
