@@ -66,3 +66,18 @@ def test_string_tensor_shows_values(demo_run):
     ckpt = open_checkpoint(str(demo_run))
     view = views.tensor_view(ckpt, "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert view.strings and view.stats["mean"] is None and view.heat is None
+
+
+def test_treemap_of_a_huge_checkpoint_stays_small():
+    import pandas as pd
+
+    from tpuckpt_viz import charts
+
+    n = 6000
+    table = pd.DataFrame({"name": [f"block_{i}/dense/kernel" for i in range(n)],
+                          "layer": [f"block_{i}/dense" for i in range(n)],
+                          "kind": ["weight"] * n, "numel": list(range(1, n + 1)),
+                          "dtype": ["float32"] * n})
+    ids = charts.parameter_treemap(table).data[0].ids
+    assert len(ids) <= 310  # root, kind, the 300 largest layers, "(other layers)"
+    assert "checkpoint/weight/(other layers)" in ids

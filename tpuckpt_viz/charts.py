@@ -17,7 +17,15 @@ def parameter_treemap(records: pd.DataFrame) -> go.Figure:
     df = records[records["numel"] > 0].copy()
     df["layer"] = df["layer"].fillna("(no layer)")
     df["leaf"] = df["name"].str.rsplit("/", n=1).str[-1]
-    fig = px.treemap(df, path=[px.Constant("checkpoint"), "kind", "layer", "leaf"],
+    # Thousands of boxes make the browser crawl: large checkpoints stop at the layer, and
+    # thousands of layers are grouped by their top scope.
+    if df["layer"].nunique() > 300:
+        df["layer"] = df["layer"].str.split("/").str[0]
+    if df["layer"].nunique() > 300:
+        top = df.groupby("layer")["numel"].sum().nlargest(300).index
+        df.loc[~df["layer"].isin(top), "layer"] = "(other layers)"
+    path = [px.Constant("checkpoint"), "kind", "layer"] + (["leaf"] if len(df) <= 2000 else [])
+    fig = px.treemap(df, path=path,
                      values="numel", color="kind", color_discrete_map=KIND_COLORS,
                      hover_data={"name": True, "dtype": True})
     fig.update_layout(margin=dict(t=30, l=5, r=5, b=5), height=420)
