@@ -16,11 +16,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .catalog import list_records
+from .chunks import pair_chunks, reused_chunks
 from .errors import UserError
 from .reader import Checkpoint, open_checkpoint
+from .reductions import Accumulator, PairAccumulator, delta_sumsq, widen
 from .sources import run_checkpoints
-from .stats import (Accumulator, PairAccumulator, delta_sumsq, pair_chunks, reused_chunks,
-                    widen)
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -36,8 +36,8 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
     """One streamed pass over a tensor present on both sides (same shape and dtype).
 
     Both sides are read once, a chunk of each at a time into reused memory
-    (:func:`tpuckpt_viz.stats.pair_chunks`), and reduced by
-    :class:`tpuckpt_viz.stats.PairAccumulator`.
+    (:func:`tpuckpt_viz.chunks.pair_chunks`), and reduced by
+    :class:`tpuckpt_viz.reductions.PairAccumulator`.
     """
     entry = ckpt_a.entries[key_a]
     numeric = entry.dtype not in ("string", "resource", "variant")

@@ -12,7 +12,8 @@ import pandas as pd
 
 from .catalog import list_records
 from .reader import Checkpoint
-from .stats import histogram, new_accumulator, _is_numeric
+from .reductions import _is_numeric, new_accumulator
+from .stats import histogram
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
