@@ -81,3 +81,16 @@ def test_treemap_of_a_huge_checkpoint_stays_small():
     ids = charts.parameter_treemap(table).data[0].ids
     assert len(ids) <= 310  # root, kind, the 300 largest layers, "(other layers)"
     assert "checkpoint/weight/(other layers)" in ids
+
+
+def test_pair_view_one_pass_matches_numpy(matrix_ckpt, tmp_path, tf):
+    prefix_a, big, _ = matrix_ckpt
+    moved = np.nan_to_num(big) * 2 + 1
+    prefix_b = tf.train.Checkpoint(big=tf.Variable(moved)).write(str(tmp_path / "b"))
+    key = "big/.ATTRIBUTES/VARIABLE_VALUE"
+    pv = views.pair_view(open_checkpoint(prefix_a), key, open_checkpoint(prefix_b), key)
+    # A's sample leaves out its NaN; B has none. The delta is NaN there and left out.
+    assert pv.sample_a.size == big.size - 1 and pv.sample_b.size == big.size
+    expected, sr, sc = downsample_2d(moved - big, views.MAX_HEATMAP_SIDE)
+    assert pv.delta_strides == (sr, sc)
+    np.testing.assert_allclose(pv.delta_heat, expected, rtol=1e-5, atol=1e-6)

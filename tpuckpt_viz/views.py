@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import list_records
+from .chunks import pair_chunks
 from .reader import Checkpoint
 from .reductions import _is_numeric, new_accumulator
 from .stats import histogram
@@ -95,13 +96,47 @@ def _as_2d(shape: tuple) -> tuple[int, int] | None:
     return int(np.prod(shape[:-1])), int(shape[-1])
 
 
-def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
-    """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means.
-
-    The heatmap of a large 2-D tensor is the mean of each block of at most
+class _BlockMeans:
+    """Heatmap of a tensor folded to 2-D: the mean of each block of at most
     ``MAX_HEATMAP_SIDE`` x ``MAX_HEATMAP_SIDE`` cells, accumulated chunk by chunk with
-    ``np.bincount``, so the tensor is never held whole.
-    """
+    ``np.bincount``, so the tensor is never held whole. NaN and Inf are left out."""
+
+    def __init__(self, shape: tuple):
+        grid = _as_2d(shape)
+        self.active = grid is not None
+        self.offset = 0
+        if self.active:
+            self.rows, self.cols = grid
+            self.sr = max(1, -(-self.rows // MAX_HEATMAP_SIDE))
+            self.sc = max(1, -(-self.cols // MAX_HEATMAP_SIDE))
+            self.nbr, self.nbc = -(-self.rows // self.sr), -(-self.cols // self.sc)
+            self.sums = np.zeros(self.nbr * self.nbc)
+            self.weights = np.zeros(self.nbr * self.nbc)
+
+    def add(self, values: np.ndarray) -> None:
+        """Fold in the next flat chunk of values (float64)."""
+        if self.active:
+            flat = np.arange(self.offset, self.offset + values.size, dtype=np.int64)
+            ids = (flat // self.cols // self.sr) * self.nbc + (flat % self.cols) // self.sc
+            finite = np.isfinite(values)
+            self.sums += np.bincount(ids, weights=np.where(finite, values, 0.0),
+                                     minlength=self.sums.size)
+            self.weights += np.bincount(ids, weights=finite, minlength=self.sums.size)
+        self.offset += values.size
+
+    def result(self) -> tuple[np.ndarray | None, tuple[int, int]]:
+        if not self.active:
+            return None, (1, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.sums / self.weights).reshape(self.nbr, self.nbc), (self.sr, self.sc)
+
+
+def _float64(chunk: np.ndarray) -> np.ndarray:
+    return chunk.astype(np.float64) if chunk.dtype.kind != "c" else np.abs(chunk)
+
+
+def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
+    """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means."""
     entry = ckpt.entries[key]
     if not _is_numeric(entry.dtype):
         raw = np.asarray(ckpt.read_raw(key)).reshape(-1)
@@ -112,35 +147,40 @@ def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
         return TensorView(key, entry.dtype, entry.shape, stats, np.zeros(0), np.zeros(0), 0, 0,
                           None, (1, 1), values)
     acc = new_accumulator(entry.numel)
-    grid = _as_2d(entry.shape)
-    sums = weights = None
-    if grid:
-        rows, cols = grid
-        sr, sc = max(1, -(-rows // MAX_HEATMAP_SIDE)), max(1, -(-cols // MAX_HEATMAP_SIDE))
-        nbr, nbc = -(-rows // sr), -(-cols // sc)
-        sums = np.zeros(nbr * nbc)
-        weights = np.zeros(nbr * nbc)
-    offset = 0
+    blocks = _BlockMeans(entry.shape)
     for chunk in ckpt.chunks(key):
         acc.add(chunk)
-        if grid:
-            flat = np.arange(offset, offset + chunk.size, dtype=np.int64)
-            ids = (flat // cols // sr) * nbc + (flat % cols) // sc
-            x = chunk.astype(np.float64) if chunk.dtype.kind != "c" else np.abs(chunk)
-            finite = np.isfinite(x)
-            sums += np.bincount(ids, weights=np.where(finite, x, 0.0), minlength=sums.size)
-            weights += np.bincount(ids, weights=finite, minlength=sums.size)
-        offset += chunk.size
-    heat = None
-    strides = (1, 1)
-    if grid:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            heat = (sums / weights).reshape(nbr, nbc)
-        strides = (sr, sc)
+        if blocks.active:
+            blocks.add(_float64(chunk))
+    heat, strides = blocks.result()
     sample = acc.sampled()
     counts, edges = histogram(sample, bins)
     return TensorView(key, entry.dtype, entry.shape, acc.result(), counts, edges, sample.size,
                       acc.finite, heat, strides)
+
+
+@dataclass
+class PairView:
+    """One variable in two checkpoints: histogram samples of both, and B - A block means."""
+
+    sample_a: np.ndarray
+    sample_b: np.ndarray
+    delta_heat: np.ndarray | None
+    delta_strides: tuple[int, int]
+
+
+def pair_view(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) -> PairView:
+    """One paired streamed pass over a numeric variable of the same shape on both sides."""
+    entry = ckpt_a.entries[key_a]
+    acc_a, acc_b = new_accumulator(entry.numel), new_accumulator(entry.numel)
+    blocks = _BlockMeans(entry.shape)
+    for ca, cb in pair_chunks(ckpt_a, key_a, ckpt_b, key_b):
+        acc_a.add(ca)
+        acc_b.add(cb)
+        if blocks.active:
+            blocks.add(_float64(cb) - _float64(ca))
+    heat, strides = blocks.result()
+    return PairView(acc_a.sampled(), acc_b.sampled(), heat, strides)
 
 
 def stats_frame(views: dict[str, TensorView]) -> pd.DataFrame:
@@ -154,4 +194,4 @@ def stats_frame(views: dict[str, TensorView]) -> pd.DataFrame:
 
 
 __all__ = ["records_frame", "variable_table", "summarize", "filter_table", "tensor_view",
-           "TensorView", "Summary", "stats_frame", "list_records"]
+           "TensorView", "Summary", "stats_frame", "list_records", "pair_view", "PairView"]

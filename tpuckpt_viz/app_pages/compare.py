@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -47,21 +46,8 @@ def _diff(sig_a: tuple, sig_b: tuple, prefix_a: str, prefix_b: str, by: str) -> 
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pair_values(sig_a, sig_b, prefix_a, key_a, prefix_b, key_b):
-    a, b = open_allowed(prefix_a), open_allowed(prefix_b)
-    va = views.tensor_view(a, key_a)
-    vb = views.tensor_view(b, key_b)
-    delta = None
-    entry = a.entries[key_a]
-    if len(entry.shape) >= 2 and entry.nbytes <= 64 << 20:
-        xa = np.asarray(a.read(key_a), dtype=np.float32).reshape(-1, entry.shape[-1])
-        xb = np.asarray(b.read(key_b), dtype=np.float32).reshape(-1, entry.shape[-1])
-        from tpuckpt_viz.stats import downsample_2d
-
-        delta = downsample_2d(xb - xa, views.MAX_HEATMAP_SIDE)[0]
-    sample_a = np.repeat((va.edges[:-1] + va.edges[1:]) / 2, va.counts) if len(va.counts) else np.zeros(0)
-    sample_b = np.repeat((vb.edges[:-1] + vb.edges[1:]) / 2, vb.counts) if len(vb.counts) else np.zeros(0)
-    return sample_a, sample_b, delta
+def _pair_view(sig_a, sig_b, prefix_a, key_a, prefix_b, key_b) -> views.PairView:
+    return views.pair_view(open_allowed(prefix_a), key_a, open_allowed(prefix_b), key_b)
 
 
 with two:
@@ -119,13 +105,17 @@ with two:
                                 index=weights.index(True) if True in weights else 0)
             row = both[both["name"] == pick].iloc[0]
             try:
-                sa, sb, delta = _pair_values(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix,
-                                             row["key_a"], ckpt_b.prefix, row["key_b"])
+                pv = _pair_view(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix,
+                                row["key_a"], ckpt_b.prefix, row["key_b"])
                 h1, h2 = st.columns(2)
-                h1.plotly_chart(charts.overlaid_histograms(sa, sb, f"{pick}: A and B"),
+                h1.plotly_chart(charts.overlaid_histograms(pv.sample_a, pv.sample_b,
+                                                           f"{pick}: A and B"),
                                 width="stretch", key="overlay")
-                if delta is not None:
-                    h2.plotly_chart(charts.heatmap(delta, f"{pick}: B - A", diverging=True),
+                if pv.delta_heat is not None:
+                    sr, sc = pv.delta_strides
+                    note = "" if (sr, sc) == (1, 1) else f" (block means of {sr}x{sc} cells)"
+                    h2.plotly_chart(charts.heatmap(pv.delta_heat, f"{pick}: B - A{note}",
+                                                   diverging=True),
                                     width="stretch", key="delta_heat")
             except Exception as exc:
                 show_error(exc)
