@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tpuckpt_viz.reader import open_checkpoint
-from tpuckpt_viz.stats import Accumulator, downsample_2d, histogram, tensor_stats
+from tpuckpt_viz.stats import Accumulator, histogram, tensor_stats
 
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
 STAT_FIELDS = ["key", "dtype", "numel", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
@@ -204,12 +204,3 @@ def test_accumulator_merges_chunks_like_one_array():
 def test_histogram_of_nothing_finite():
     counts, edges = histogram(np.array([np.nan, np.inf]))
     assert counts.size == 0 and edges.size == 0
-
-
-def test_downsample_2d_block_means():
-    a = np.arange(600 * 300, dtype=np.float32).reshape(600, 300)
-    small, sr, sc = downsample_2d(a, max_side=256)
-    assert (sr, sc) == (3, 2) and small.shape == (200, 150)
-    assert small[0, 0] == pytest.approx(a[:3, :2].mean())
-    same, sr, sc = downsample_2d(a[:10, :10])
-    assert (sr, sc) == (1, 1) and same.shape == (10, 10)

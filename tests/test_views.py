@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from tpuckpt_viz import views
 from tpuckpt_viz.reader import open_checkpoint
-from tpuckpt_viz.stats import downsample_2d
+
+
+def downsample_2d(array: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, int, int]:
+    """The numpy reference for the streamed heatmaps: block means of a whole 2-D array
+    (padded with NaN, reshaped, nanmean), and the row and column strides."""
+    a = np.asarray(array, dtype=np.float32)
+    rows, cols = a.shape
+    sr, sc = max(1, -(-rows // max_side)), max(1, -(-cols // max_side))
+    if sr == 1 and sc == 1:
+        return a, 1, 1
+    padded = np.pad(a, ((0, (-rows) % sr), (0, (-cols) % sc)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // sr, sr, padded.shape[1] // sc, sc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        return np.nanmean(blocks, axis=(1, 3)), sr, sc
+
+
+def test_downsample_2d_block_means():
+    a = np.arange(600 * 300, dtype=np.float32).reshape(600, 300)
+    small, sr, sc = downsample_2d(a, max_side=256)
+    assert (sr, sc) == (3, 2) and small.shape == (200, 150)
+    assert small[0, 0] == pytest.approx(a[:3, :2].mean())
+    same, sr, sc = downsample_2d(a[:10, :10])
+    assert (sr, sc) == (1, 1) and same.shape == (10, 10)
 
 
 @pytest.fixture(scope="module")

@@ -398,24 +398,3 @@ def histogram(values: np.ndarray, bins: int = 60) -> tuple[np.ndarray, np.ndarra
     if values.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     return np.histogram(values, bins=bins)
-
-
-def downsample_2d(array: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, int, int]:
-    """A 2-D array shrunk by block means to at most ``max_side`` per side (for heatmaps).
-
-    Returns the array and the row and column strides used.
-    """
-    a = np.asarray(array, dtype=np.float32)
-    rows, cols = a.shape
-    sr, sc = max(1, -(-rows // max_side)), max(1, -(-cols // max_side))
-    if sr == 1 and sc == 1:
-        return a, 1, 1
-    pr, pc = (-rows) % sr, (-cols) % sc
-    padded = np.pad(a, ((0, pr), (0, pc)), constant_values=np.nan)
-    blocks = padded.reshape(padded.shape[0] // sr, sr, padded.shape[1] // sc, sc)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(blocks, axis=(1, 3)), sr, sc
