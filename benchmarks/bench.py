@@ -178,9 +178,9 @@ def bare_read(prefixes: list[str]) -> None:
 
 def engine_stats(prefix: str) -> list[dict]:
     """What the ``stats`` command does, without printing: open, list, one engine pass."""
-    from tpuckpt_viz.catalog import list_records
-    from tpuckpt_viz.reader import open_checkpoint
-    from tpuckpt_viz.stats import iter_stats
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
+    from tpuckpt_viz.engine.stats import iter_stats
 
     ckpt = open_checkpoint(prefix)
     names = {r["key"]: r["name"] for r in list_records(ckpt)}
@@ -188,15 +188,15 @@ def engine_stats(prefix: str) -> list[dict]:
 
 
 def engine_diff(prefix_a: str, prefix_b: str) -> list[dict]:
-    from tpuckpt_viz.diff import diff_checkpoints
-    from tpuckpt_viz.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.engine.diff import diff_checkpoints
 
     return diff_checkpoints(open_checkpoint(prefix_a), open_checkpoint(prefix_b))
 
 
 def engine_list(prefix: str) -> list[dict]:
-    from tpuckpt_viz.catalog import list_records
-    from tpuckpt_viz.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
 
     return list_records(open_checkpoint(prefix))
 

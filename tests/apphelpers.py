@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-BROWSE = "tpuckpt_viz/app_pages/browse.py"
-COMPARE = "tpuckpt_viz/app_pages/compare.py"
-INFER = "tpuckpt_viz/app_pages/infer.py"
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "tpuckpt_viz" / "dashboard" / "app.py")
+# Page paths as AppTest.switch_page takes them: relative to the entry script's folder.
+BROWSE = "app_pages/browse.py"
+COMPARE = "app_pages/compare.py"
+INFER = "app_pages/infer.py"
 
 
 def clear_caches() -> None:
@@ -27,7 +29,7 @@ def clear_caches() -> None:
 
 
 def open_app(page: str | None = None, timeout: int = 120, **query) -> AppTest:
-    """Run ``app.py`` with these query parameters, on ``page`` (default: Browse).
+    """Run the dashboard entry script with these query parameters, on ``page`` (default: Browse).
 
     Asserts that no exception reached the page; returns the ``AppTest``.
     """

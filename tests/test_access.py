@@ -12,7 +12,7 @@ import pytest
 from apphelpers import COMPARE, open_app
 
 from tpuckpt_viz import config
-from tpuckpt_viz.access import allowed_roots, check_path
+from tpuckpt_viz.dashboard.access import allowed_roots, check_path
 from tpuckpt_viz.errors import UserError
 
 

@@ -216,7 +216,7 @@ def test_outside_roots(app_env, tmp_path, monkeypatch, keras3_adam_ckpt):
 
 
 def test_t5x_partial_lists_then_names_the_missing_shard(app_env, shared):
-    from tpuckpt_viz.bundle import read_index
+    from tpuckpt_viz.checkpoint.bundle import read_index
 
     folder = shared / "t5x_mtf_tiny_t5_PARTIAL"
     at = open_app(ckpt=str(folder))

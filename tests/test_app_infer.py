@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from apphelpers import INFER, open_app
 
-from tpuckpt_viz import inference as inf
+from tpuckpt_viz.inference import api as inf
 
 HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
 

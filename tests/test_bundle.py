@@ -1,4 +1,4 @@
-"""Tests for tpuckpt_viz.bundle: the .index reader and the chunked tensor stream.
+"""Tests for tpuckpt_viz.checkpoint.bundle: the .index reader and the chunked tensor stream.
 
 Every result is checked against TensorFlow's own reader, on the real checkpoints under
 ../shared/checkpoints (read only) and on small checkpoints written here into tmp folders.
@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tpuckpt_viz import bundle
+from tpuckpt_viz.checkpoint import bundle
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.tfcompat import tf as _tf
 
@@ -363,7 +363,7 @@ def test_import_does_not_load_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, tpuckpt_viz.bundle; print('tensorflow' in sys.modules)"
+    code = "import sys, tpuckpt_viz.checkpoint.bundle; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The variable table (tpuckpt_viz.catalog.list_records) on every real checkpoint we have.
+"""The variable table (tpuckpt_viz.checkpoint.records.list_records) on every real checkpoint we have.
 
 Every folder under ``../shared/checkpoints`` that holds a checkpoint must open and list, with
 exactly the keys, shapes and dtypes that ``tf.train.list_variables`` reports, unique readable
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tpuckpt_viz.catalog import KINDS, list_records, slots_of
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.records import KINDS, list_records, slots_of
 from tpuckpt_viz.errors import UserError
-from tpuckpt_viz.reader import open_checkpoint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tpuckpt_viz import cli
+from tpuckpt_viz.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 V = "/.ATTRIBUTES/VARIABLE_VALUE"

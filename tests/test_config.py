@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tpuckpt_viz import cli, config
+from tpuckpt_viz import config
+from tpuckpt_viz.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from apphelpers import COMPARE, INFER, open_app
 
-from tpuckpt_viz import cli
+from tpuckpt_viz.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
@@ -456,7 +456,7 @@ def test_compare_page(corpus, app_env, case_id):
 
 
 def _infer_page_exists() -> bool:
-    page = ROOT / INFER
+    page = ROOT / "tpuckpt_viz" / "dashboard" / INFER
     return page.is_file() and page.stat().st_size > 0
 
 
@@ -464,7 +464,7 @@ def _infer_page_exists() -> bool:
 def test_infer_page(corpus, app_env, case_id):
     """No corpus entry runs (none fits the demo model builder): each gets a clear st.error,
     before or after pressing Run."""
-    assert _infer_page_exists(), "tpuckpt_viz/app_pages/infer.py is not written yet"
+    assert _infer_page_exists(), "tpuckpt_viz/dashboard/app_pages/infer.py is not written yet"
     case = _case(corpus, case_id)
     at = open_app(INFER, ckpt=case.path)
     assert_clear_errors(at, case.id)

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tpuckpt_viz import devices
-from tpuckpt_viz.devices import DeviceChoice, checkpoint_options, choose_device
 from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference import devices
+from tpuckpt_viz.inference.devices import DeviceChoice, checkpoint_options, choose_device
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Two checkpoints side by side, and a run across its steps (tpuckpt_viz.diff).
+"""Two checkpoints side by side, and a run across its steps (tpuckpt_viz.engine.diff).
 
 The checkpoints are written here with known changes, so every status and number has an exact
 expected value; then the real Estimator run under ``../shared/checkpoints`` and the Keras 3
@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from tpuckpt_viz.diff import checkpoint_step, diff_checkpoints, first_nonfinite, run_steps
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.engine.diff import checkpoint_step, diff_checkpoints, first_nonfinite, run_steps
 from tpuckpt_viz.errors import UserError
-from tpuckpt_viz.reader import open_checkpoint
 
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
 DIFF_FIELDS = ["name", "key_a", "key_b", "status", "shape_a", "shape_b", "l2_a", "l2_b",

@@ -182,8 +182,8 @@ def reference_stats(prefix: str, name: str) -> dict[str, float]:
     """min, max, mean, std and L2 norm of the tensor ``name``, by numpy on TensorFlow's read."""
     import numpy as np
 
-    from tpuckpt_viz.catalog import list_records
-    from tpuckpt_viz.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
     from tpuckpt_viz.tfcompat import tf
 
     key = next(r["key"] for r in list_records(open_checkpoint(prefix)) if r["name"] == name)
@@ -211,6 +211,9 @@ def errors(page) -> list[str]:
 
 def test_browse_demo(server, page):
     page.goto(server["url"] + "/")
+    wait_idle(page)
+    # The first run of a fresh server can start after wait_idle's grace period: wait for it.
+    page.locator("[data-testid=stMetric]").filter(has_text="Variables").first.wait_for()
     wait_idle(page)
     assert page.locator("[data-testid=stMetric]").filter(has_text="Variables").count() == 1
     at_least(page.locator("[data-testid=stDataFrame]"), 4)  # 2 summaries, variables, stats
@@ -287,8 +290,8 @@ def test_error_is_a_message_not_a_traceback(server, page):
 
 def test_four_sessions_at_once(server, browser):
     """Browsing, comparing and inferring on the same checkpoints from four sessions at once."""
-    from tpuckpt_viz.diff import diff_checkpoints
-    from tpuckpt_viz.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.engine.diff import diff_checkpoints
 
     demo = server["demo"]
     a, b = str(demo / "ckpt-60"), str(demo / "ckpt-120")

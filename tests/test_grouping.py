@@ -1,4 +1,4 @@
-"""Kind, slot and slot-link rules (tpuckpt_viz.grouping): one table row per real key pattern.
+"""Kind, slot and slot-link rules (tpuckpt_viz.checkpoint.kinds): one table row per real key pattern.
 
 The first table calls ``grouping.classify`` directly with the keys that surround each pattern
 in real checkpoints; the second checks the same rules on the real checkpoints under
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from tpuckpt_viz.catalog import list_records
-from tpuckpt_viz.grouping import classify, readable_names
-from tpuckpt_viz.objectgraph import OBJECT_GRAPH_KEY, object_path
-from tpuckpt_viz.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.kinds import classify, readable_names
+from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, object_path
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.records import list_records
 
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
 K3_KERNEL = "optimizer/_trainable_variables/0" + V

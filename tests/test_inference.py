@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from tpuckpt_viz import demo
-from tpuckpt_viz import inference as inf
-from tpuckpt_viz.devices import DeviceChoice, choose_device
+from tpuckpt_viz.dashboard import inferdata
 from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference import api as inf
+from tpuckpt_viz.inference.devices import DeviceChoice, choose_device
 
 HALF_PLUS_TWO = "serving_saved_model_half_plus_two_cpu/00000123"
 TF2_HALF_PLUS_TWO = "serving_saved_model_half_plus_two_tf2_cpu/00000123"
@@ -615,10 +616,10 @@ def test_fill_per_input():
 
 
 def test_output_table_shapes():
-    assert inf.output_table(np.float32(2.5)).values.tolist() == [[2.5]]
-    assert inf.output_table(np.array([1, 2])).shape == (2, 1)
-    assert inf.output_table(np.zeros((2, 3, 4))).shape == (2, 12)
-    assert inf.output_table(np.array([b"ok", b"\xff"], dtype=object))["0"].tolist() == \
+    assert inferdata.output_table(np.float32(2.5)).values.tolist() == [[2.5]]
+    assert inferdata.output_table(np.array([1, 2])).shape == (2, 1)
+    assert inferdata.output_table(np.zeros((2, 3, 4))).shape == (2, 12)
+    assert inferdata.output_table(np.array([b"ok", b"\xff"], dtype=object))["0"].tolist() == \
         ["ok", "\\xff"]
 
 
@@ -637,7 +638,7 @@ def test_run_pair_uses_the_same_inputs(demo_run):
 
 
 def test_cli_allow_unsafe_ops_and_fill(unsafe_saved_model, tmp_path, capsys, monkeypatch):
-    from tpuckpt_viz import cli
+    from tpuckpt_viz.cli import commands as cli
 
     monkeypatch.delenv("TPUCKPT_ALLOW_UNSAFE_OPS", raising=False)
     target = tmp_path / "data.txt"

@@ -1,7 +1,10 @@
-"""Layering: the core never imports Streamlit; the CLI's reading path stays light.
+"""Layering: one rule per folder of the package (DESIGN.md section 2).
 
-Streamlit belongs to ``app.py`` and ``tpuckpt_viz/app_pages/`` alone (DESIGN.md section 2).
-The modules that the CLI needs to read tensors must not pull in pandas, plotly or Streamlit.
+- ``dashboard/`` alone imports Streamlit (and ``app.py``, which only runs it).
+- ``checkpoint/``, ``engine/``, ``inference/`` and ``cli/`` import no Streamlit, pandas or plotly.
+- No module imports an underscore name from another module: the line between public and
+  private is real.
+- The CLI's reading path stays light at import time.
 """
 
 from __future__ import annotations
@@ -17,39 +20,66 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tpuckpt_viz"
-CORE_FILES = sorted(p for p in PACKAGE.rglob("*.py") if "app_pages" not in p.relative_to(PACKAGE).parts)
+ALL_FILES = sorted(PACKAGE.rglob("*.py"))
+HEAVY = ("streamlit", "pandas", "plotly")
+# folder -> top-level packages that folder's modules may not import
+RULES = {
+    "checkpoint": HEAVY,
+    "engine": HEAVY,
+    "inference": HEAVY,
+    "cli": HEAVY,
+    "": ("streamlit",),  # the package's own top-level modules (config, errors, demo, ...)
+}
+
+
+def _folder(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else ""
+
+
+def _imports(path: Path) -> list[ast.AST]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found = set()
-    for node in ast.walk(tree):
+    for node in _imports(path):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif node.module and node.level == 0:
             found.add(node.module)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
-              and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
-            found.add(str(node.args[0].value))
     return found
 
 
-def test_core_files_found():
-    names = {p.name for p in CORE_FILES}
-    assert {"cli.py", "reader.py", "stats.py", "diff.py", "grouping.py"} <= names
+def test_every_folder_has_a_rule():
+    folders = {_folder(p) for p in ALL_FILES}
+    assert folders == set(RULES) | {"dashboard"}, folders
 
 
-@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_core_does_not_import_streamlit(path):
-    streamlit = sorted(m for m in _imported_modules(path)
-                       if m == "streamlit" or m.startswith("streamlit."))
-    assert not streamlit, f"{path.relative_to(ROOT)} imports {streamlit}: only app.py and " \
-                          "tpuckpt_viz/app_pages/ may"
+@pytest.mark.parametrize("path", [p for p in ALL_FILES if _folder(p) in RULES],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_folder_rule(path):
+    banned = RULES[_folder(path)]
+    bad = sorted(m for m in _imported_modules(path) if m.split(".")[0] in banned)
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}: not allowed in " \
+                    f"tpuckpt_viz/{_folder(path) or '(top level)'}"
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_name_crosses_modules(path):
+    crossing = sorted(alias.name for node in _imports(path) if isinstance(node, ast.ImportFrom)
+                      for alias in node.names if alias.name.startswith("_"))
+    assert not crossing, f"{path.relative_to(ROOT)} imports private names {crossing}"
+
+
+def test_app_py_only_runs_the_packaged_dashboard():
+    assert "streamlit" not in _imported_modules(ROOT / "app.py")
 
 
 def test_cli_reading_path_stays_light():
-    code = ("import json, sys; import tpuckpt_viz.cli, tpuckpt_viz.stats, tpuckpt_viz.reader; "
+    code = ("import json, sys; import tpuckpt_viz.cli, tpuckpt_viz.engine.stats, "
+            "tpuckpt_viz.checkpoint.reader; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('pandas', 'plotly', 'streamlit'))))")
     env = dict(os.environ)

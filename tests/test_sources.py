@@ -1,4 +1,4 @@
-"""What a PATH means (tpuckpt_viz.sources): every form that DESIGN.md lists, and the errors.
+"""What a PATH means (tpuckpt_viz.checkpoint.paths): every form that DESIGN.md lists, and the errors.
 
 Checkpoints here are real: copies of ``../shared/checkpoints/tf2onnx_regression/checkpoint``
 under other prefixes (a bundle does not record its own prefix), and small ones that
@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tpuckpt_viz.catalog import list_records
+from tpuckpt_viz.checkpoint.paths import (
+    in_progress,
+    is_saved_model,
+    resolve_checkpoint,
+    run_checkpoints,
+)
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.errors import UserError
-from tpuckpt_viz.reader import open_checkpoint
-from tpuckpt_viz.sources import in_progress, is_saved_model, resolve_checkpoint, run_checkpoints
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
 SOURCE = SHARED / "tf2onnx_regression" / "checkpoint" / "model"  # W = 0.21396, b = 1.04953

@@ -1,4 +1,4 @@
-"""Tensor statistics (tpuckpt_viz.stats) against numpy, on checkpoints written here.
+"""Tensor statistics (tpuckpt_viz.engine.stats) against numpy, on checkpoints written here.
 
 Reference: numpy in float64 over the finite values, population std (ddof=0); NaN and Inf are
 counted exactly; ``zeros`` is the fraction of all elements. The streamed path (straight from
@@ -14,8 +14,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tpuckpt_viz.reader import open_checkpoint
-from tpuckpt_viz.stats import Accumulator, histogram, tensor_stats
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.engine.stats import Accumulator, histogram, tensor_stats
 
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
 STAT_FIELDS = ["key", "dtype", "numel", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]

@@ -1,4 +1,4 @@
-"""The statistics engine (tpuckpt_viz.stats) on tensors large enough to take its fast paths.
+"""The statistics engine (tpuckpt_viz.engine.stats) on tensors large enough to take its fast paths.
 
 Correctness, not speed: streamed reads give exactly the statistics of whole reads, the float32
 fast path agrees with numpy in float64, bfloat16 agrees with a float32 reference of the same
@@ -20,10 +20,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tpuckpt_viz import bundle, diff, stats
+from tpuckpt_viz.checkpoint import bundle
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.engine import diff, stats
+from tpuckpt_viz.engine.stats import Accumulator, PairAccumulator, iter_stats, tensor_stats
 from tpuckpt_viz.errors import UserError
-from tpuckpt_viz.reader import open_checkpoint
-from tpuckpt_viz.stats import Accumulator, PairAccumulator, iter_stats, tensor_stats
 
 N = 300_007  # several 1024-value rows, a ragged tail, above the float32 fast-path size
 

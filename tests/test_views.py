@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tpuckpt_viz import views
-from tpuckpt_viz.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.dashboard import pagedata as views
 
 
 def downsample_2d(array: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, int, int]:
@@ -96,7 +96,7 @@ def test_string_tensor_shows_values(demo_run):
 def test_treemap_of_a_huge_checkpoint_stays_small():
     import pandas as pd
 
-    from tpuckpt_viz import charts
+    from tpuckpt_viz.dashboard import charts
 
     n = 6000
     table = pd.DataFrame({"name": [f"block_{i}/dense/kernel" for i in range(n)],

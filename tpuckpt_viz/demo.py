@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import config
-from .tfcompat import tf
+from tpuckpt_viz import config
+from tpuckpt_viz.tfcompat import tf
 
 N_FEATURES = 4
 N_CLASSES = 3

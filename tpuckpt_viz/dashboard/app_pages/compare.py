@@ -7,12 +7,19 @@ import os
 import pandas as pd
 import streamlit as st
 
-from tpuckpt_viz import charts, diff, views
-from tpuckpt_viz.access import check_path
-from tpuckpt_viz.app_pages.common import (default_path, open_allowed, path_input, run_members,
-                                          show_error)
-from tpuckpt_viz.catalog import KINDS, MODEL_KINDS
-from tpuckpt_viz.sources import resolve_checkpoint, run_checkpoints
+from tpuckpt_viz.checkpoint.paths import resolve_checkpoint, run_checkpoints
+from tpuckpt_viz.checkpoint.records import KINDS, MODEL_KINDS
+from tpuckpt_viz.dashboard import charts
+from tpuckpt_viz.dashboard import pagedata as views
+from tpuckpt_viz.dashboard.access import check_path
+from tpuckpt_viz.dashboard.app_pages.common import (
+    default_path,
+    open_allowed,
+    path_input,
+    run_members,
+    show_error,
+)
+from tpuckpt_viz.engine import diff
 
 st.title("Compare training steps")
 # The run at a glance, filled in once the Whole run tab has read the run: opening the page is

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tpuckpt_viz import charts, config, views
-from tpuckpt_viz.app_pages.common import human_bytes, pick_checkpoint, show_error
-from tpuckpt_viz.catalog import KINDS
+from tpuckpt_viz import config
+from tpuckpt_viz.checkpoint.records import KINDS
+from tpuckpt_viz.dashboard import charts
+from tpuckpt_viz.dashboard import pagedata as views
+from tpuckpt_viz.dashboard.app_pages.common import human_bytes, pick_checkpoint, show_error
 
 st.title("Browse a checkpoint")
 ckpt = pick_checkpoint()

@@ -15,9 +15,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import UserError, first_line
-from .savedmodel import fmt_shape
-from .tfcompat import tf
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.inference.savedmodel import fmt_shape
+from tpuckpt_viz.tfcompat import tf
 
 FILLS = ("random", "zeros", "ones")
 FILE_SUFFIXES = (".npy", ".npz", ".csv")

@@ -8,10 +8,10 @@ import sys
 import streamlit as st
 
 from tpuckpt_viz import config, demo
-from tpuckpt_viz.access import allowed_roots, check_path
+from tpuckpt_viz.checkpoint.paths import resolve_checkpoint, run_checkpoints
+from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
+from tpuckpt_viz.dashboard.access import allowed_roots, check_path
 from tpuckpt_viz.errors import UserError, first_line
-from tpuckpt_viz.reader import Checkpoint, open_checkpoint
-from tpuckpt_viz.sources import resolve_checkpoint, run_checkpoints
 
 
 @st.cache_resource(show_spinner="Making the demo run (a few seconds, once)...")

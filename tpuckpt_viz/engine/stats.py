@@ -10,7 +10,7 @@ that lie side by side in the shard) while the caller merges results and checks c
 order: reads, checksums and numpy's loops release the GIL, so both cores work when they are
 free; memory stays bounded by the units in flight.
 
-See :mod:`tpuckpt_viz.reductions` for how a block is reduced and :mod:`tpuckpt_viz.chunks` for
+See :mod:`tpuckpt_viz.engine.reductions` for how a block is reduced and :mod:`tpuckpt_viz.engine.chunks` for
 reading one tensor (or two side by side) as chunks.
 """
 
@@ -26,13 +26,22 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import config
-from .chunks import UNIT_BYTES, _open_shard
-from .reader import Checkpoint
-from .reductions import (BLOCK, HISTOGRAM_SAMPLE, _NONE_STATS, Accumulator, _is_numeric,
-                         block_stats, widen_block)
+from tpuckpt_viz import config
+from tpuckpt_viz.checkpoint.reader import Checkpoint
+from tpuckpt_viz.engine.chunks import UNIT_BYTES, open_shard
+
 # Re-exported for the tests, which import them from here.
-from .reductions import PairAccumulator, new_accumulator  # noqa: F401
+from tpuckpt_viz.engine.reductions import (  # noqa: F401
+    BLOCK,
+    HISTOGRAM_SAMPLE,
+    NONE_STATS,
+    Accumulator,
+    PairAccumulator,
+    block_stats,
+    is_numeric,
+    new_accumulator,
+    widen_block,
+)
 
 # progress(tensors_done, tensors_total, label, bytes_done): the CLI's stderr line and the
 # dashboard's progress bar both take this.
@@ -43,7 +52,7 @@ def _string_record(ckpt: Checkpoint, key: str, raw=None) -> dict:
     entry = ckpt.entries[key]
     if raw is None:
         ckpt.read_raw(key)  # still check that it reads
-    return {"key": key, "dtype": entry.dtype, "numel": entry.numel, **_NONE_STATS,
+    return {"key": key, "dtype": entry.dtype, "numel": entry.numel, **NONE_STATS,
             "zeros": None, "nan": 0, "inf": 0}
 
 
@@ -111,7 +120,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
     shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint`` writes
     a variable's slots far from it). Small tensors close together in a shard share a unit
     (one read); large ones are cut at block boundaries."""
-    from . import bundle
+    from tpuckpt_viz.checkpoint import bundle
 
     index = ckpt.index
     on_disk = []
@@ -119,7 +128,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         entry = ckpt.entries.get(key)
         if entry is None:
             kind = "check"
-        elif not _is_numeric(entry.dtype):
+        elif not is_numeric(entry.dtype):
             kind = "string"
         elif threshold_bytes is None and ckpt.streamable(key):
             proto = index.entries[key]
@@ -136,7 +145,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         if index.header.endianness == 1:
             dt = dt.newbyteorder(">")
         if path not in files:
-            files[path] = _open_shard(path)
+            files[path] = open_shard(path)
         size = int(proto.size)
         if pending is not None and pending.path == path:
             start = offset - pending.offset
@@ -165,7 +174,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
 def _read(unit: _Unit, files: dict, buf: np.ndarray):
     """The unit's bytes: read into ``buf`` (reused across units) from a local shard, else
     returned as bytes from tf.io.gfile."""
-    from .errors import UserError
+    from tpuckpt_viz.errors import UserError
 
     fd = files.get(unit.path)
     try:
@@ -179,7 +188,7 @@ def _read(unit: _Unit, files: dict, buf: np.ndarray):
                 got += n
             data = view
         else:
-            from .tfcompat import tf
+            from tpuckpt_viz.tfcompat import tf
 
             with tf().io.gfile.GFile(unit.path, "rb") as f:
                 f.seek(unit.offset)
@@ -257,8 +266,8 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
     """
     import google_crc32c
 
-    from . import bundle
-    from .errors import UserError
+    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.errors import UserError
 
     keys = list(keys)
     total = len(keys)

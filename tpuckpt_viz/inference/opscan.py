@@ -13,10 +13,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import config
-from .errors import UserError
-from .savedmodel import dtype_name, meta_graph
-from .tfcompat import tf
+from tpuckpt_viz import config
+from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference.savedmodel import dtype_name, meta_graph
+from tpuckpt_viz.tfcompat import tf
 
 # Ops a serving signature has no business running: they read, write, list or delete files, or
 # call back into Python. saved_model_cli's scan refuses ReadFile, WriteFile and PrintV2; this

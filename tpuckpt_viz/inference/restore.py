@@ -17,12 +17,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import config
-from .devices import DeviceChoice, checkpoint_options
-from .errors import UserError, first_line
-from .savedmodel import TensorInfo
-from .tfcompat import tf
-from .tfrun import to_numpy
+from tpuckpt_viz import config
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.inference.calls import to_numpy
+from tpuckpt_viz.inference.devices import DeviceChoice, checkpoint_options
+from tpuckpt_viz.inference.savedmodel import TensorInfo
+from tpuckpt_viz.tfcompat import tf
 
 DEFAULT_BUILDER = "tpuckpt_viz.demo:build_model"
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -75,7 +75,7 @@ def load_builder(spec: str | None = None) -> Callable[[], Any]:
 
 def resolve_prefix(path: str) -> str:
     """The checkpoint prefix that ``path`` names (a folder means its latest checkpoint)."""
-    from .sources import resolve_checkpoint
+    from tpuckpt_viz.checkpoint.paths import resolve_checkpoint
 
     return resolve_checkpoint(os.fspath(path)).prefix
 

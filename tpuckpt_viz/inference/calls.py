@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError, first_line
-from .savedmodel import SignatureInfo, declared
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.inference.savedmodel import SignatureInfo, declared
 
 # Add-on libraries whose custom ops a SavedModel may need (op name prefix -> package).
 _CUSTOM_OP_PACKAGES = (

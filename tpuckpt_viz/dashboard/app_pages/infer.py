@@ -9,11 +9,12 @@ import os
 import pandas as pd
 import streamlit as st
 
-from tpuckpt_viz import charts, config
-from tpuckpt_viz import inference as inf
-from tpuckpt_viz.access import check_path
-from tpuckpt_viz.app_pages.common import default_path, path_input, run_members, show_error
+from tpuckpt_viz import config
+from tpuckpt_viz.dashboard import charts, inferdata
+from tpuckpt_viz.dashboard.access import check_path
+from tpuckpt_viz.dashboard.app_pages.common import default_path, path_input, run_members, show_error
 from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference import api as inf
 
 FILL_LABELS = {"random normal": "random", "zeros": "zeros", "ones": "ones"}
 JSON, UPLOAD, FORM, GENERATED_EXAMPLES = ("JSON", "upload .npy/.npz/.csv", "tf.Example form",
@@ -52,7 +53,7 @@ if kind == "saved_model":
                "graphs that parse tf.Example strings do not run there).")
     try:
         meta_graphs = inf.describe_saved_model(target)
-        st.dataframe(inf.signatures_table(meta_graphs), hide_index=True, width="stretch",
+        st.dataframe(inferdata.signatures_table(meta_graphs), hide_index=True, width="stretch",
                      key="infer_signatures")
         try:
             default_mg, default_sig = inf.pick(meta_graphs)
@@ -71,8 +72,8 @@ if kind == "saved_model":
         signature = c2.selectbox("Signature", names, index=names.index(default),
                                  key=f"infer_signature_{tag_name}")
         tags, sig = mg.tags, mg.signature(signature)
-        st.dataframe(pd.concat([inf.tensors_table(sig.inputs, "input"),
-                                inf.tensors_table(sig.outputs, "output")]),
+        st.dataframe(pd.concat([inferdata.tensors_table(sig.inputs, "input"),
+                                inferdata.tensors_table(sig.outputs, "output")]),
                      hide_index=True, width="stretch", key="infer_tensors")
         specs = sig.inputs
         if any(t.dtype == "string" for t in specs):
@@ -202,14 +203,14 @@ if saved is not None and saved[0] == state_key:
     for name, value in result.outputs.items():
         st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
         left, right = st.columns([2, 3])
-        left.dataframe(inf.output_table(value), width="stretch", key=f"infer_out_{name}")
+        left.dataframe(inferdata.output_table(value), width="stretch", key=f"infer_out_{name}")
         figure = charts.output_chart(name, value)
         if figure is not None:
             right.plotly_chart(figure, width="stretch", key=f"infer_chart_{name}")
     with st.expander("Inputs that ran"):
         for name, value in result.inputs.items():
             st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
-            st.dataframe(inf.output_table(value), width="stretch", key=f"infer_in_{name}")
+            st.dataframe(inferdata.output_table(value), width="stretch", key=f"infer_in_{name}")
     st.download_button("Download JSON", json.dumps(inf.result_to_json(result), indent=1),
                        file_name="inference.json", mime="application/json",
                        key="infer_json_download")

@@ -2,7 +2,7 @@
 
 Local shards of a V2 bundle are read with ``os.preadv`` and checked against their crc32c;
 other filesystems, strings, partitioned variables and V1 files go through
-:mod:`tpuckpt_viz.bundle` or TensorFlow's reader.
+:mod:`tpuckpt_viz.checkpoint.bundle` or TensorFlow's reader.
 """
 
 from __future__ import annotations
@@ -12,24 +12,24 @@ from typing import Iterator
 
 import numpy as np
 
-from . import config
-from .reader import Checkpoint
-from .reductions import _buffer
+from tpuckpt_viz import config
+from tpuckpt_viz.checkpoint.reader import Checkpoint
+from tpuckpt_viz.engine.reductions import scratch_buffer
 
 # Bytes of shard per unit of work (whole blocks of one tensor, or several small tensors).
 # Also the default chunk of :func:`reused_chunks`.
 UNIT_BYTES = 2 << 20
 
 
-def _open_shard(path: str):
+def open_shard(path: str):
     """A file descriptor for a local shard (shared by the workers through pread), or None
     for other filesystems (read through tf.io.gfile)."""
-    from . import bundle
-    from .errors import UserError
+    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.errors import UserError
 
     local = bundle._local_path(path)
     if local is None:
-        from .tfcompat import tf
+        from tpuckpt_viz.tfcompat import tf
 
         if not tf().io.gfile.exists(path):
             raise UserError(f"missing data file {path}: copy every .data-* shard next to the "
@@ -55,7 +55,7 @@ def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
     Chunk boundaries are the same either way, so the statistics are too.
     """
     if threshold_bytes is None and ckpt.streamable(key):
-        from . import bundle
+        from tpuckpt_viz.checkpoint import bundle
 
         # bundle checks the shard itself (a missing shard is a UserError that says so).
         chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
@@ -70,10 +70,10 @@ def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
 
     For loops that reduce each chunk at once (the pairwise diff): reading into the same
     memory avoids a fresh allocation per chunk, whose page faults measured a third of the
-    read time. Checksummed as :func:`tpuckpt_viz.bundle.iter_chunks` does.
+    read time. Checksummed as :func:`tpuckpt_viz.checkpoint.bundle.iter_chunks` does.
     """
-    from . import bundle
-    from .errors import UserError
+    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.errors import UserError
 
     chunk_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
     if not ckpt.streamable(key):
@@ -92,9 +92,9 @@ def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
         dt = dt.newbyteorder(">")
     size, offset = int(proto.size), int(proto.offset)
     step = max(dt.itemsize, chunk_bytes // dt.itemsize * dt.itemsize)
-    fd = _open_shard(path)
+    fd = open_shard(path)
     try:
-        buf = _buffer(slot, max(1, min(step, size)), np.uint8)
+        buf = scratch_buffer(slot, max(1, min(step, size)), np.uint8)
         crc = done = 0
         while done < size:
             n = min(step, size - done)

@@ -51,10 +51,10 @@ FLOAT32_SUMS_FROM = 1 << 16
 # (1 MB of float32: every pass over a block after the first hits the core's cache).
 BLOCK = 1 << 19
 
-_NONE_STATS = {"min": None, "max": None, "mean": None, "std": None, "l2": None}
+NONE_STATS = {"min": None, "max": None, "mean": None, "std": None, "l2": None}
 
 
-def _is_numeric(dtype: str) -> bool:
+def is_numeric(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "int", "uint", "bool", "complex", "half"))
 
 
@@ -77,7 +77,7 @@ def widen(chunk: np.ndarray) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _buffer(name: str, size: int, dtype) -> np.ndarray:
+def scratch_buffer(name: str, size: int, dtype) -> np.ndarray:
     """A per-thread scratch array of at least ``size`` elements (reused: fresh allocations of
     a few MB each cost page faults, measured as a third of the read time here)."""
     buf = getattr(_scratch, name, None)
@@ -94,7 +94,7 @@ def widen_block(raw: np.ndarray) -> np.ndarray:
         return widen(raw)
     wide = np.float32 if (dt.kind == "f" or dt.kind == "V" or
                           (dt.kind in "iub" and dt.itemsize <= 2)) else np.float64
-    out = _buffer("wide" + np.dtype(wide).char, raw.size, wide)
+    out = scratch_buffer("wide" + np.dtype(wide).char, raw.size, wide)
     np.copyto(out, raw, casting="unsafe")
     return out
 
@@ -207,7 +207,7 @@ def block_stats(x: np.ndarray, sample_every: int = 0, sample_start: int = 0,
         x = x[keep]
         lo, hi = x.min(), x.max()
     elif lo <= 0 <= hi:
-        zeros = int(np.count_nonzero(np.equal(x, 0, out=_buffer("eq", n, np.bool_))))
+        zeros = int(np.count_nonzero(np.equal(x, 0, out=scratch_buffer("eq", n, np.bool_))))
     return _moments(x, n, float(lo), float(hi), zeros, sample, nan, inf)
 
 
@@ -330,7 +330,7 @@ class Accumulator:
             stats = {"min": self.min, "max": self.max, "mean": self.mean,
                      "std": math.sqrt(self.m2 / self.finite), "l2": math.sqrt(self.sumsq)}
         else:
-            stats = dict(_NONE_STATS)
+            stats = dict(NONE_STATS)
         stats["zeros"] = (self.zeros / self.count) if self.count else None
         stats["nan"] = self.nan
         stats["inf"] = self.inf
@@ -415,7 +415,7 @@ class PairAccumulator:
             self.dot += s
             return
         if a.dtype == b.dtype == np.float32 and n >= FLOAT32_SUMS_FROM:
-            d = np.subtract(b, a, out=_buffer("delta", n, np.float32))
+            d = np.subtract(b, a, out=scratch_buffer("delta", n, np.float32))
             sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
             if not _sums_ok(n, *sums[:3]) or not math.isfinite(sums[3]):
                 a, b = a.astype(np.float64), b.astype(np.float64)

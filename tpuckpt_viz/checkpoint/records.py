@@ -7,8 +7,8 @@ them; pages turn them into DataFrames.
 
 from __future__ import annotations
 
-from .grouping import classify, readable_names
-from .reader import Checkpoint
+from tpuckpt_viz.checkpoint.kinds import classify, readable_names
+from tpuckpt_viz.checkpoint.reader import Checkpoint
 
 KINDS = ("weight", "bias", "norm", "stat", "slot", "optimizer", "counter", "metric", "other")
 MODEL_KINDS = ("weight", "bias", "norm", "stat")

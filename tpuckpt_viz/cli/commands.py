@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run SavedModels that use file-system or Python ops")
     # Every other setting of config.SETTINGS is a flag of `serve` too (passed on as its
     # environment variable), so that the README's settings table holds for both.
-    from . import config
+    from tpuckpt_viz import config
 
     taken = {a for action in p._actions for a in action.option_strings}
     for setting in config.SETTINGS:
@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list(args) -> None:
-    from .catalog import list_records
-    from .output import write
-    from .reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
+    from tpuckpt_viz.cli.output import write
 
     write(list_records(open_checkpoint(args.path)), args.format, LIST_COLUMNS)
 
@@ -133,11 +133,11 @@ def _cmd_list(args) -> None:
 def _cmd_stats(args) -> None:
     import re
 
-    from .catalog import list_records
-    from .errors import UserError
-    from .output import write
-    from .reader import open_checkpoint
-    from .stats import iter_stats
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
+    from tpuckpt_viz.cli.output import write
+    from tpuckpt_viz.engine.stats import iter_stats
+    from tpuckpt_viz.errors import UserError
 
     try:
         pattern = re.compile(args.match) if args.match else None
@@ -159,9 +159,9 @@ def _cmd_stats(args) -> None:
 
 
 def _cmd_diff(args) -> None:
-    from .diff import diff_checkpoints
-    from .output import write
-    from .reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.cli.output import write
+    from tpuckpt_viz.engine.diff import diff_checkpoints
 
     progress = Progress("diff")
     records = diff_checkpoints(open_checkpoint(args.path_a), open_checkpoint(args.path_b),
@@ -172,8 +172,8 @@ def _cmd_diff(args) -> None:
 
 
 def _cmd_steps(args) -> None:
-    from .diff import run_steps
-    from .output import write
+    from tpuckpt_viz.cli.output import write
+    from tpuckpt_viz.engine.diff import run_steps
 
     progress = Progress("steps")
     records = run_steps(args.run_dir, match=args.match, kinds=args.kind, progress=progress)
@@ -182,9 +182,9 @@ def _cmd_steps(args) -> None:
 
 
 def _cmd_infer(args) -> None:
-    from .errors import UserError
-    from .inference import result_to_json, run_inference
-    from .output import write_object
+    from tpuckpt_viz.cli.output import write_object
+    from tpuckpt_viz.errors import UserError
+    from tpuckpt_viz.inference.api import result_to_json, run_inference
 
     inputs = {}
     for item in args.input:
@@ -200,13 +200,13 @@ def _cmd_infer(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from .demo import make_demo
+    from tpuckpt_viz.demo import make_demo
 
     print(make_demo(args.dir))
 
 
 def _cmd_serve(args) -> None:
-    from . import config
+    from tpuckpt_viz import config
 
     env = dict(os.environ)
     if args.root:
@@ -221,10 +221,16 @@ def _cmd_serve(args) -> None:
             env[setting.env] = value
     address = args.address or config.get("address")
     port = str(args.port or config.get("port"))
-    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app.py")
+    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "dashboard", "app.py")
+    # The server's options are passed here, not left to a .streamlit/config.toml, so that an
+    # installed package started from any folder gets the same safe defaults.
+    upload_mb = str(config.get("upload_mb"))
     cmd = [sys.executable, "-m", "streamlit", "run", app, "--server.headless", "true",
            "--server.address", address, "--server.port", port,
-           "--browser.gatherUsageStats", "false"]
+           "--server.maxUploadSize", upload_mb, "--server.runOnSave", "false",
+           "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal"]
     if args.path:
         if not args.root and not os.environ.get("TPUCKPT_ROOTS"):
             # Whoever starts the server named this checkpoint: its folder is allowed beside
@@ -245,7 +251,7 @@ COMMANDS = {"list": _cmd_list, "stats": _cmd_stats, "diff": _cmd_diff, "steps": 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .errors import UserError, first_line
+    from tpuckpt_viz.errors import UserError, first_line
 
     try:
         COMMANDS[args.command](args)

@@ -15,12 +15,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .catalog import list_records
-from .chunks import pair_chunks, reused_chunks
-from .errors import UserError
-from .reader import Checkpoint, open_checkpoint
-from .reductions import Accumulator, PairAccumulator, delta_sumsq, widen
-from .sources import run_checkpoints
+from tpuckpt_viz.checkpoint.paths import run_checkpoints
+from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
+from tpuckpt_viz.checkpoint.records import list_records
+from tpuckpt_viz.engine.chunks import pair_chunks, reused_chunks
+from tpuckpt_viz.engine.reductions import Accumulator, PairAccumulator, delta_sumsq, widen
+from tpuckpt_viz.errors import UserError
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -36,8 +36,8 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
     """One streamed pass over a tensor present on both sides (same shape and dtype).
 
     Both sides are read once, a chunk of each at a time into reused memory
-    (:func:`tpuckpt_viz.chunks.pair_chunks`), and reduced by
-    :class:`tpuckpt_viz.reductions.PairAccumulator`.
+    (:func:`tpuckpt_viz.engine.chunks.pair_chunks`), and reduced by
+    :class:`tpuckpt_viz.engine.reductions.PairAccumulator`.
     """
     entry = ckpt_a.entries[key_a]
     numeric = entry.dtype not in ("string", "resource", "variant")

@@ -12,7 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from .objectgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX, object_path
+from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX, object_path
 
 # TF1 optimizer slot suffixes: "<var>/<suffix>" is a slot of "<var>" when "<var>" exists.
 SLOT_SUFFIXES = (

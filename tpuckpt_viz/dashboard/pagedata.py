@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .catalog import list_records
-from .chunks import pair_chunks
-from .reader import Checkpoint
-from .reductions import _is_numeric, new_accumulator
-from .stats import histogram
+from tpuckpt_viz.checkpoint.reader import Checkpoint
+from tpuckpt_viz.checkpoint.records import list_records
+from tpuckpt_viz.engine.chunks import pair_chunks
+from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
+from tpuckpt_viz.engine.stats import histogram
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -138,7 +138,7 @@ def _float64(chunk: np.ndarray) -> np.ndarray:
 def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
     """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means."""
     entry = ckpt.entries[key]
-    if not _is_numeric(entry.dtype):
+    if not is_numeric(entry.dtype):
         raw = np.asarray(ckpt.read_raw(key)).reshape(-1)
         values = [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
                   for v in raw[:MAX_STRING_VALUES]]

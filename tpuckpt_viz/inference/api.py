@@ -26,22 +26,54 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import config
-from .devices import CPU_NAME, DeviceChoice, choose_device
-from .errors import UserError
-from .inputs import (FILLS, fill_of, json_template, make_examples, make_inputs,  # noqa: F401
-                     parse_feature_text, parse_input_value, read_array_bytes)
-from .opscan import (UNSAFE_OPS, check_safe, example_features, mutates_state,  # noqa: F401
-                     scan_signature)
-from .restore import (DEFAULT_BUILDER, RestoredModel, builder_spec, load_builder,  # noqa: F401
-                      model_args, resolve_prefix, restore_report)
-from .savedmodel import (MetaGraphInfo, SignatureInfo, TensorInfo, declared,  # noqa: F401
-                         describe_saved_model, fmt_shape, fmt_tags, has_saved_model_pb,
-                         meta_graph, norm_dir, pick, read_saved_model, serving_version_dir)
-from .savedmodel import clear_cache as _clear_proto_cache
-from .savedmodel_loader import LoadedSavedModel
-from .tfcompat import tf
-from .tfrun import tf_error_text, timed  # noqa: F401
+from tpuckpt_viz import config
+from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference.calls import tf_error_text, timed  # noqa: F401
+from tpuckpt_viz.inference.devices import CPU_NAME, DeviceChoice, choose_device
+from tpuckpt_viz.inference.inputs import (  # noqa: F401
+    FILLS,
+    fill_of,
+    json_template,
+    make_examples,
+    make_inputs,
+    parse_feature_text,
+    parse_input_value,
+    read_array_bytes,
+)
+from tpuckpt_viz.inference.loader import LoadedSavedModel
+from tpuckpt_viz.inference.opscan import (  # noqa: F401
+    UNSAFE_OPS,
+    check_safe,
+    example_features,
+    mutates_state,
+    scan_signature,
+)
+from tpuckpt_viz.inference.restore import (  # noqa: F401
+    DEFAULT_BUILDER,
+    RestoredModel,
+    builder_spec,
+    load_builder,
+    model_args,
+    resolve_prefix,
+    restore_report,
+)
+from tpuckpt_viz.inference.savedmodel import (  # noqa: F401
+    MetaGraphInfo,
+    SignatureInfo,
+    TensorInfo,
+    declared,
+    describe_saved_model,
+    fmt_shape,
+    fmt_tags,
+    has_saved_model_pb,
+    meta_graph,
+    norm_dir,
+    pick,
+    read_saved_model,
+    serving_version_dir,
+)
+from tpuckpt_viz.inference.savedmodel import clear_cache as clear_proto_cache
+from tpuckpt_viz.tfcompat import tf
 
 DEFAULT_REPEATS = 5
 _CACHE_SIZE = 8
@@ -72,17 +104,17 @@ class InferenceResult:
     runs: int = 1
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, complex):
-        return [_jsonable(value.real), _jsonable(value.imag)]
+        return [jsonable(value.real), jsonable(value.imag)]
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -96,13 +128,13 @@ def result_to_json(result: InferenceResult) -> dict:
         arr = np.asarray(arr)
         if arr.dtype == getattr(tf().bfloat16, "as_numpy_dtype", None):
             arr = arr.astype(np.float32)
-        outputs[name] = _jsonable(arr.tolist())
+        outputs[name] = jsonable(arr.tolist())
     restore = None if result.restore is None else \
-        {k: _jsonable(v) for k, v in result.restore.items()}
+        {k: jsonable(v) for k, v in result.restore.items()}
     return {
         "device": result.device,
         "outputs": outputs,
-        "latency_ms": _jsonable(float(result.latency_ms)),
+        "latency_ms": jsonable(float(result.latency_ms)),
         "restore": restore,
     }
 
@@ -122,58 +154,12 @@ def compare_outputs(a, b) -> dict[str, dict]:
         if x.shape == y.shape and x.dtype.kind in "biuf" and y.dtype.kind in "biuf":
             diff = np.abs(y.astype(np.float64) - x.astype(np.float64))
             if diff.size:
-                entry = {"max_abs_diff": _jsonable(float(np.max(diff))),
-                         "mean_abs_diff": _jsonable(float(np.mean(diff)))}
+                entry = {"max_abs_diff": jsonable(float(np.max(diff))),
+                         "mean_abs_diff": jsonable(float(np.mean(diff)))}
             else:
                 entry = {"max_abs_diff": 0.0, "mean_abs_diff": 0.0}
         result[name] = entry
     return result
-
-
-def output_table(value) -> "Any":
-    """One output as a pandas DataFrame: a row per example, a column per value.
-
-    Scalars give one cell, 1-D one column, higher ranks are flattened after the first axis;
-    strings are decoded as UTF-8.
-    """
-    import pandas as pd
-
-    arr = np.asarray(value)
-    if arr.dtype == getattr(tf().bfloat16, "as_numpy_dtype", None):
-        arr = arr.astype(np.float32)
-    if arr.dtype.kind in "OS":
-        arr = np.frompyfunc(lambda v: _jsonable(v) if isinstance(v, bytes) else v, 1, 1)(arr)
-    if arr.ndim == 0:
-        arr = arr.reshape(1, 1)
-    elif arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    else:
-        arr = arr.reshape(arr.shape[0], -1)
-    return pd.DataFrame(arr, columns=[str(i) for i in range(arr.shape[1])])
-
-
-def signatures_table(meta_graphs: list[MetaGraphInfo]) -> "Any":
-    """One row per (tag set, signature), like ``saved_model_cli show --all`` in brief."""
-    import pandas as pd
-
-    rows = [{"tag set": fmt_tags(mg.tags), "signature": sig.name, "method": sig.method_name,
-             "inputs": "; ".join(t.describe() for t in sig.inputs),
-             "outputs": "; ".join(t.describe() for t in sig.outputs)}
-            for mg in meta_graphs for sig in mg.signatures]
-    if not rows:
-        rows = [{"tag set": fmt_tags(mg.tags), "signature": "(none)", "method": "",
-                 "inputs": "", "outputs": ""} for mg in meta_graphs]
-    return pd.DataFrame(rows, columns=["tag set", "signature", "method", "inputs", "outputs"])
-
-
-def tensors_table(specs: list[TensorInfo], role: str = "input") -> "Any":
-    """One row per input or output: name, dtype, shape, graph tensor, encoding."""
-    import pandas as pd
-
-    return pd.DataFrame([{"": role, "name": t.name, "dtype": t.dtype,
-                          "shape": fmt_shape(t.shape), "tensor": t.tensor,
-                          "encoding": t.encoding} for t in specs],
-                        columns=["", "name", "dtype", "shape", "tensor", "encoding"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +203,7 @@ def clear_caches() -> None:
     """Forget every loaded model (tests; the dashboard's "reload" button)."""
     _SAVED_MODELS.clear()
     _RESTORED.clear()
-    _clear_proto_cache()
+    clear_proto_cache()
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +370,7 @@ def resolve_source(path: str, model: str | None = None) -> Source:
     """A SavedModel folder (or a TensorFlow Serving folder of numbered versions: the highest),
     else a checkpoint. A folder with ``variables/`` but no saved_model.pb is an error unless a
     builder is named (``model`` or ``TPUCKPT_MODEL``), which then gets those variables."""
-    from .sources import is_saved_model
+    from tpuckpt_viz.checkpoint.paths import is_saved_model
 
     path = os.fspath(path)
     if has_saved_model_pb(path):

@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UserError, first_line
-from .tfcompat import tf
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.tfcompat import tf
 
 KINDS = ("auto", "tpu", "gpu", "cpu")
 

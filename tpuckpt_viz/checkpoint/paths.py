@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UserError, first_line
-from .tfcompat import tf
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.tfcompat import tf
 
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _TEMP_RE = re.compile(r"_temp(_[0-9a-f]{32})?(/|$)|\.tmp[0-9a-f]*(/|$)")
@@ -114,8 +114,8 @@ def _read_state(directory: str):
     if not _exists(state_path) or _isdir(state_path):
         return None
     from google.protobuf import text_format
-    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
     from tensorflow.core.protobuf import saver_pb2  # noqa: F401
+    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
     from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
     try:

@@ -13,11 +13,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .devices import CPU_NAME
-from .errors import UserError
-from .savedmodel import SignatureInfo, fmt_tags
-from .tfcompat import tf
-from .tfrun import input_error, missing_op_hint, tf_error_text, timed, to_numpy
+from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.inference.calls import input_error, missing_op_hint, tf_error_text, timed, to_numpy
+from tpuckpt_viz.inference.devices import CPU_NAME
+from tpuckpt_viz.inference.savedmodel import SignatureInfo, fmt_tags
+from tpuckpt_viz.tfcompat import tf
 
 
 class LoadedSavedModel:

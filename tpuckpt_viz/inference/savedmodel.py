@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .errors import UserError, first_line
-from .tfcompat import tf
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.tfcompat import tf
 
 
 @dataclass
@@ -90,7 +90,7 @@ def serving_version_dir(path: str, broken_too: bool = False) -> str | None:
     ``broken_too``: also accept a version folder that holds only ``variables/`` (so that the
     error names that folder).
     """
-    from .sources import is_saved_model
+    from tpuckpt_viz.checkpoint.paths import is_saved_model
 
     gfile = tf().io.gfile
     try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from . import config
-from .errors import UserError
+from tpuckpt_viz import config
+from tpuckpt_viz.errors import UserError
 
 
 def _is_remote(path: str) -> bool:

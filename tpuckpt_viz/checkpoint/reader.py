@@ -2,7 +2,7 @@
 
 TensorFlow's ``CheckpointReader`` is the reference for what a checkpoint holds and reads every
 ordinary tensor. It cannot read part of a tensor, so tensors larger than the slice threshold
-are streamed straight from their data shard through :mod:`tpuckpt_viz.bundle` (a few MB at a
+are streamed straight from their data shard through :mod:`tpuckpt_viz.checkpoint.bundle` (a few MB at a
 time, checksummed). Sliced (partitioned) variables and string tensors always go through
 TensorFlow's reader.
 """
@@ -18,11 +18,12 @@ from typing import Iterator
 
 import numpy as np
 
-from . import bundle, config
-from .errors import UserError, first_line
-from .objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
-from .sources import Resolved, resolve_checkpoint
-from .tfcompat import tf
+from tpuckpt_viz import config
+from tpuckpt_viz.checkpoint import bundle
+from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
+from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
+from tpuckpt_viz.errors import UserError, first_line
+from tpuckpt_viz.tfcompat import tf
 
 
 @dataclass(frozen=True)
@@ -238,5 +239,5 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str) -> Checkpoint:
-    """Resolve ``path`` (see :mod:`tpuckpt_viz.sources`) and open the checkpoint it names."""
+    """Resolve ``path`` (see :mod:`tpuckpt_viz.checkpoint.paths`) and open the checkpoint it names."""
     return Checkpoint(resolve_checkpoint(path), path)
