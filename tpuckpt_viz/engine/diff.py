@@ -21,6 +21,7 @@ from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.engine.chunks import pair_chunks, reused_chunks
 from tpuckpt_viz.engine.reductions import Accumulator, PairAccumulator, delta_sumsq, widen
 from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.patterns import compile_user
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -55,7 +56,7 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
 def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
                      match: str | None = None, kinds: Iterable[str] | None = None,
                      progress: Progress | None = None) -> list[dict]:
-    """One record per variable of either side, per the ``diff`` contract of DESIGN.md.
+    """One record per variable of either side, per the ``diff`` contract of docs/reference.md.
 
     ``by`` is ``"name"`` (readable names) or ``"key"`` (raw keys); ``match`` is a regular
     expression searched in the name or key and ``kinds`` a set of kinds to keep.
@@ -113,12 +114,8 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
 
 
 def _compile(match: str | None):
-    if not match:
-        return None
-    try:
-        return re.compile(match)
-    except re.error as exc:
-        raise UserError(f"--match {match!r} is not a valid regular expression: {exc}") from None
+    # User patterns run on RE2 (linear time): a pattern cannot stall the server.
+    return compile_user(match, "--match") if match else None
 
 
 def _scalar(ckpt: Checkpoint, key: str) -> int | None:
