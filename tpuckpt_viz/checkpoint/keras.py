@@ -362,17 +362,32 @@ class KerasCheckpoint:
         if owner in cache:
             return cache[owner]
         if not owner:
-            cache[owner] = ""
-            return ""
+            cache[owner] = self._root_label()
+            return cache[owner]
         parent, _, last = owner.rpartition("/")
         if parent.endswith("layers") and (parent == "layers" or parent.endswith("/layers")):
             parent = parent[: -len("layers")].rstrip("/")
         own = (self._vars_name(owner) or (cfgs.get(owner) or {}).get("config", {}).get("name")
                or (cfgs.get(owner) or {}).get("name") or last)
-        parent_label = self._object_label(parent, cfgs, cache) if parent else ""
+        parent_label = self._object_label(parent, cfgs, cache)
         label = f"{parent_label}/{own}" if parent_label else str(own)
         cache[owner] = label
         return label
+
+    def _root_label(self) -> str:
+        """The model's own name where Keras puts it in front of its variables' paths: a
+        Sequential or subclassed model builds its layers inside its own name scope
+        (``sequential/dense/kernel``), a Functional model does not (``hidden/kernel``). Without
+        config.json, a Functional model is told by its InputLayer in ``layers/``."""
+        if self._config is not None:
+            functional = self._config.get("class_name") == "Functional"
+            name = self._vars_name("") or (self._config.get("config") or {}).get("name")
+        else:
+            layers = self._file.get("layers")
+            functional = layers is not None and any(
+                _SUFFIX_NUM.sub("", n) == "input_layer" for n in layers.keys())
+            name = self._vars_name("")
+        return "" if functional or not name else str(name)
 
     def _object_class(self, owner: str, cfgs: dict) -> str | None:
         cfg = cfgs.get(owner)

@@ -40,7 +40,10 @@ COUNTER_NAMES = {"global_step", "save_counter", "step", "total_samples", "total_
                  "epoch", "num_steps"}
 STAT_NAMES = {"moving_mean", "moving_variance", "moving_avg", "moving_average", "renorm_mean",
               "renorm_stddev", "running_mean", "running_var", "running_variance", "mean",
-              "variance", "ExponentialMovingAverage", "ema"}
+              "variance", "ExponentialMovingAverage", "ema",
+              # hand-written TF1 batch norms (no .meta to say so)
+              "pop_mean", "pop_var", "pop_variance", "population_mean", "population_var",
+              "population_variance", "running_avg", "avg_mean", "avg_var"}
 NORM_ALWAYS = {"gamma", "beta"}
 NORM_IN_NORM_LAYER = {"scale", "offset", "weight", "bias", "g", "b"}
 BIAS_NAMES = {"bias", "biases", "b", "bias_weights", "bias_hh", "bias_ih", "bias_0"}
