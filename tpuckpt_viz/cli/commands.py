@@ -305,12 +305,29 @@ COMMANDS = {"list": _cmd_list, "stats": _cmd_stats, "diff": _cmd_diff, "steps": 
             "infer": _cmd_infer, "demo": _cmd_demo, "serve": _cmd_serve}
 
 
+def _note_other_checkpoints(args) -> None:
+    """One line on stderr when a folder holds several unrelated checkpoints and no state file
+    says which: the one opened, and the others (pass one of them to open it)."""
+    if args.command not in ("list", "stats", "diff"):
+        return
+    from tpuckpt_viz.checkpoint.paths import other_checkpoints, resolve_checkpoint
+
+    for path in (getattr(args, a, None) for a in ("path", "path_a", "path_b")):
+        others = other_checkpoints(path) if path else []
+        if others:
+            opened = resolve_checkpoint(path).prefix
+            print(f"note: {path} holds {len(others) + 1} unrelated checkpoints and no state "
+                  f"file: opened {opened}; pass one of the others to open it: "
+                  f"{', '.join(others)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     from tpuckpt_viz.errors import UserError, first_line
 
     try:
+        _note_other_checkpoints(args)
         COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -132,6 +132,18 @@ def checkpoint_step(ckpt: Checkpoint, records: list[dict] | None = None) -> int 
     The value of ``global_step``, else the optimizer's iteration count, else ``save_counter``,
     else the number in the file name (None if there is none).
     """
+    if getattr(ckpt, "format", None) == "keras":
+        # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
+        # optimizer's iterations that the file holds (DESIGN.md section 3).
+        from tpuckpt_viz.checkpoint.paths import keras_file_number
+
+        number = keras_file_number(ckpt.prefix)
+        if number is not None:
+            return number
+        if ckpt.iterations_key:
+            value = _scalar(ckpt, ckpt.iterations_key)
+            if value is not None:
+                return value
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 
