@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(ReadFile, WriteFile, PyFunc, ...). Off by default."),
     Setting("demo_dir", "", "TPUCKPT_DEMO_DIR", "--demo-dir",
             "Where the demo run is written. Default: ~/.cache/tpuckpt-viz/demo."),
+    Setting("worker_mb", "16384", "TPUCKPT_WORKER_MB", "--worker-mb",
+            "Memory limit (data segment, MB) of the worker process that runs TensorFlow on a "
+            "user's file: model loading, inference, TensorFlow's checkpoint reader. 0: none."),
+    Setting("worker_timeout_s", "300", "TPUCKPT_WORKER_TIMEOUT_S", "--worker-timeout-s",
+            "Time limit of one request to that worker, in seconds; then it is stopped."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
