@@ -131,6 +131,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Progress display on stderr for stats, diff and steps: auto (when stderr is a "
             "terminal and the work takes over a second), always, or never.", kind="choice",
             choices=("auto", "always", "never"), commands=("stats", "diff", "steps")),
+    Setting("worker_mb", "16384", "TPUCKPT_WORKER_MB", "--worker-mb",
+            "Memory limit (data segment, MB) of the worker process that runs TensorFlow on a "
+            "user's file: model loading, inference, TensorFlow's checkpoint reader. 0: none.",
+            kind="int", minimum=0, metavar="MB"),
+    Setting("worker_timeout_s", "300", "TPUCKPT_WORKER_TIMEOUT_S", "--worker-timeout-s",
+            "Time limit of one request to that worker, in seconds; then it is stopped.",
+            kind="int", minimum=1, metavar="SECONDS"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

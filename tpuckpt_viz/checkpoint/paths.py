@@ -357,11 +357,9 @@ def _v1_in_dir(directory: str) -> str | None:
 
 def _is_v1_file(path: str) -> bool:
     """Whether ``path`` is a legacy V1 TensorSlice checkpoint file that TensorFlow can read."""
-    try:
-        tf().compat.v1.train.NewCheckpointReader(path)
-        return True
-    except Exception:
-        return False
+    from tpuckpt_viz import sandbox
+
+    return sandbox.is_tensorflow_checkpoint(path)  # in the worker: a crash ends only it
 
 
 def resolve_checkpoint(path: str) -> Resolved:
