@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import google_crc32c
@@ -61,6 +61,9 @@ class BundleIndex:
     prefix: str
     header: BundleHeaderProto
     entries: dict[str, BundleEntryProto]
+    # key -> shape as a tuple, filled by :func:`validate` (protobuf access is the cost of
+    # listing 20,000 entries: each shape is read from its proto once).
+    shapes: dict[str, tuple] = field(default_factory=dict)
 
 
 def data_path(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -92,9 +95,23 @@ def can_stream(entry) -> bool:
     return not entry.slices and dt is not None and entry.size == _numel(entry) * dt.itemsize
 
 
+class Unsupported(UserError):
+    """An index this reader does not know how to read (a block compression other than snappy),
+    though it is not damaged: :class:`tpuckpt_viz.checkpoint.reader.Checkpoint` then lets
+    TensorFlow's reader try. Every other error from :func:`read_index` means the index is
+    damaged or hostile, and nothing is handed to TensorFlow."""
+
+
+# Sanity limits for index validation. TensorFlow's TensorShape allows 254 dimensions but
+# aborts on element counts past int64; numpy takes 64. Shard file names have 5 digits.
+MAX_RANK = 64
+MAX_SHARDS = 99999
+_MAX_NUMEL = 1 << 62
+
+
 def read_index(prefix: str) -> BundleIndex:
     """Parse ``PREFIX.index`` (any filesystem :mod:`storage` reads), checking every block's
-    crc32c."""
+    crc32c, then every entry (:func:`validate`): a damaged index is a :class:`UserError`."""
     from google.protobuf.message import DecodeError
 
     name = f"{prefix}.index"
@@ -105,6 +122,7 @@ def read_index(prefix: str) -> BundleIndex:
     from tensorflow.core.protobuf import tensor_bundle_pb2 as pb
 
     bad = f"{name} is not a valid checkpoint index (truncated or corrupt): "
+    slices = []
     try:
         header = None
         entries: dict = {}
@@ -113,14 +131,106 @@ def read_index(prefix: str) -> BundleIndex:
                 header = pb.BundleHeaderProto.FromString(value)
             elif key[0] != 0:  # slice keys are binary and start with \x00
                 entries[key.decode("utf-8", "surrogateescape")] = pb.BundleEntryProto.FromString(value)
+            else:  # a saved slice of a partitioned variable: not listed, still checked
+                slices.append((key.decode("utf-8", "backslashreplace"),
+                               pb.BundleEntryProto.FromString(value)))
         if header is None:
             raise ValueError("no header entry")
     except table.UnknownCompression as e:
-        raise UserError(f"{name} uses {e}, unknown here: it is read through TensorFlow's "
-                        "reader instead") from None
+        raise Unsupported(f"{name} uses {e}, unknown here: it is read through TensorFlow's "
+                          "reader instead") from None
     except (ValueError, IndexError, struct.error, DecodeError) as e:
         raise UserError(bad + str(e)) from None
-    return BundleIndex(prefix=prefix, header=header, entries=entries)
+    index = BundleIndex(prefix=prefix, header=header, entries=entries)
+    validate(index, slices)
+    return index
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _entry_problem(entry, dims: tuple, num_shards: int, shard_sizes: dict) -> str | None:
+    """What is wrong with one entry (whose shape is ``dims``), or None."""
+    value = entry.dtype
+    base = value - 100 if value > 100 else value
+    if not 0 < base < len(_NAMES):
+        return f"unknown dtype number {value}"
+    numel = 1
+    if dims:
+        if len(dims) > MAX_RANK:
+            return f"its shape has {len(dims)} dimensions (at most {MAX_RANK} make sense)"
+        if min(dims) < 0:
+            return f"its shape {_shape_text(dims)} has a negative dimension"
+        for d in dims:
+            numel *= d
+            if numel > _MAX_NUMEL:
+                return f"its shape {_shape_text(dims)} holds more elements than any file can"
+    elif entry.shape.unknown_rank:
+        return "its shape has an unknown rank"
+    shard, offset, size = entry.shard_id, entry.offset, entry.size
+    if not 0 <= shard < num_shards:
+        return f"shard number {shard} but the checkpoint has {num_shards} shard(s)"
+    if offset < 0 or size < 0:
+        return f"offset {offset} and size {size} (both must be at least 0)"
+    dt = _NUMPY.get(base)
+    slices = entry.slices
+    if dt is not None and not slices and size != numel * dt.itemsize:
+        return (f"size {size} bytes but shape {_shape_text(dims)} {dtype_name(value)} needs "
+                f"{numel * dt.itemsize}")
+    for piece in slices:
+        extents = list(piece.extent)
+        if len(extents) != len(dims):
+            return f"a slice of rank {len(extents)} in a tensor of rank {len(dims)}"
+        for ext, dim in zip(extents, dims):
+            start = int(ext.start)
+            length = int(ext.length) if ext.HasField("length") else dim - start
+            if start < 0 or length < 0 or start + length > dim:
+                return f"a slice [{start}, +{length}) outside a dimension of {dim}"
+    end = shard_sizes.get(shard)
+    if end is not None and offset + size > end:
+        return (f"bytes {offset} to {offset + size} but its data shard holds only {end} "
+                "bytes")
+    return None
+
+
+def validate(index: BundleIndex, extra: list | None = None) -> None:
+    """Check the header and every entry before anything reads them: a known dtype, a shape of
+    sane rank with no negative dimension, a byte size equal to elements x item size for plain
+    numeric types, a shard number below the shard count, and offset + size within the shard
+    file (where it exists: a missing shard is named when a tensor in it is read). ``extra``
+    are (name, entry) pairs checked the same way (the saved slices of partitioned variables).
+
+    Raises :class:`UserError` naming the first bad entry and what is wrong. Entries that fail
+    here must never reach TensorFlow's C++ reader, which aborts the process on them.
+    """
+    name = f"{index.prefix}.index"
+    damaged = "the checkpoint is damaged; re-copy it"
+    num_shards = int(index.header.num_shards)
+    if not 0 < num_shards <= MAX_SHARDS:
+        raise UserError(f"corrupt {name}: its header says {num_shards} data shards (1 to "
+                        f"{MAX_SHARDS} make sense): {damaged}")
+    if int(index.header.endianness) not in (0, 1):
+        raise UserError(f"corrupt {name}: unknown byte order {index.header.endianness}: "
+                        f"{damaged}")
+    # Each data shard's size, once (a missing shard is left to the read that needs it; a FIFO,
+    # a folder or a device in its place is an error now).
+    items = list(index.entries.items()) + list(extra or ())
+    shard_sizes: dict[int, int] = {}
+    for shard in {entry.shard_id for _, entry in items}:
+        if 0 <= shard < num_shards:
+            try:
+                shard_sizes[shard] = storage.size(data_path(index.prefix, shard, num_shards))
+            except storage.NotFound:
+                pass
+    shapes = index.shapes
+    for key, entry in items:
+        dims = tuple([d.size for d in entry.shape.dim])
+        problem = _entry_problem(entry, dims, num_shards, shard_sizes)
+        if problem:
+            shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UserError(f"corrupt entry {shown!r} in {name}: {problem}: {damaged}")
+        shapes[key] = dims
 
 
 def plan(index: BundleIndex, key: str) -> ReadPlan:

@@ -102,9 +102,10 @@ class Checkpoint:
             # TensorFlow's reader stays the reference for reading whole tensors.
             try:
                 self.index = bundle.read_index(resolved.prefix)
-            except UserError:
+            except bundle.Unsupported:
                 # Our reader refuses what it does not know (a compressed table, say): if
-                # TensorFlow opens the bundle, list and read through it instead.
+                # TensorFlow opens the bundle, list and read through it instead. A damaged
+                # or hostile index (any other UserError) never reaches TensorFlow.
                 try:
                     self.tf_reader()
                 except UserError:
@@ -122,21 +123,25 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed = {}
+        renamed, shapes = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
+            if key in self.index.shapes:
+                shapes[shown] = self.index.shapes[key]
         entries.clear()
         entries.update(renamed)
+        self.index.shapes.clear()
+        self.index.shapes.update(shapes)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
         if self.index is not None:
-            items = ((key, tuple(d.size for d in proto.shape.dim),
-                      bundle.dtype_name(proto.dtype), proto.size)
+            shapes = self.index.shapes  # read from the protos once, by the validation
+            items = ((key, shapes[key], bundle.dtype_name(proto.dtype), proto.size)
                      for key, proto in self.index.entries.items())
         else:
             reader = self.tf_reader()
