@@ -100,7 +100,7 @@ CASES = {
     "size_mismatch": (lambda p: _entry_case(p, lambda e: setattr(e, "size", 12)),
                       "size 12 bytes but shape [4] float32 needs 16"),
     "offset_past_end": (lambda p: _entry_case(p, lambda e: setattr(e, "offset", 1 << 20)),
-                        "data shard holds only"),
+                        "holds only"),
     "negative_offset": (lambda p: _entry_case(p, lambda e: setattr(e, "offset", -8)),
                         "offset -8"),
     "shard_id_too_big": (lambda p: _entry_case(p, lambda e: setattr(e, "shard_id", 3)),
@@ -149,11 +149,19 @@ def results(original, tmp_path_factory):
     return json.loads(proc.stdout.strip().splitlines()[-1]), made
 
 
+# Bytes past the end of the shard: the checkpoint still lists (as test_corpus's truncated
+# shard does, and a checkpoint with a missing shard), but no read of the entry is attempted.
+LISTS = {"offset_past_end"}
+
+
 @pytest.mark.parametrize("command", ["list", "stats", "diff"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_case_is_one_clear_error(results, case, command):
     got, _ = results
     code, err, out, seconds = got[f"{case}/{command}"]
+    if command == "list" and case in LISTS:
+        assert code == 0 and err == "" and KEY in out, (code, err)
+        return
     lines = err.strip("\n").splitlines()
     assert code == 1 and out == "", (code, out[:300], err[:300])
     assert len(lines) == 1 and lines[0].startswith("error: "), err

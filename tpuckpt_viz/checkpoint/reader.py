@@ -217,6 +217,8 @@ class Checkpoint:
     def _check(self, key: str) -> Entry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.prefix}: run `list` to see the keys")
+        if self.index is not None and key in self.index.entries:
+            bundle.check_readable(self.index, key)  # never handed to any reader
         missing = self._missing_shard(key)
         if missing:
             raise UserError(f"cannot read {key}: missing data file {missing}: copy every "
@@ -228,6 +230,11 @@ class Checkpoint:
         self._check(key)
         if self.streamable(key):  # plain numbers: our own reader; TensorFlow's for the rest
             return bundle.read_tensor(self.index, key)
+        if self.index is not None and key in self.index.entries:
+            strings = bundle.read_strings(self.index, key)
+            if strings is not None:  # as TensorFlow returns them: bytes, or an object array
+                shape = self.entries[key].shape
+                return strings[0] if not shape else np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
