@@ -123,6 +123,9 @@ def collection_hints(ckpt) -> dict[str, tuple[str, None]]:
     hints: dict[str, tuple[str, None]] = {}
     try:
         if meta is not None:
+            from tpuckpt_viz.tfcompat import tf
+
+            tf()  # imported quietly first: TensorFlow's start-up lines stay off stderr
             from tensorflow.core.protobuf import meta_graph_pb2
 
             raw = _read(meta)
