@@ -46,6 +46,13 @@ SETTINGS: tuple[Setting, ...] = (
             "(ReadFile, WriteFile, PyFunc, ...). Off by default."),
     Setting("demo_dir", "", "TPUCKPT_DEMO_DIR", "--demo-dir",
             "Where the demo run is written. Default: ~/.cache/tpuckpt-viz/demo."),
+    Setting("scheduler", "", "TPUCKPT_SCHEDULER", "--scheduler",
+            "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
+            "read on its workers, which must see the checkpoints at the same paths. Default: "
+            "none (in-process)."),
+    Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
+            "Start a local Dask cluster of this many worker processes for stats, diff, steps "
+            "and Compare (shut down with the command or the server). Default: none."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

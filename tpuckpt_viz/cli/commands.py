@@ -51,6 +51,21 @@ def _add_format(p: argparse.ArgumentParser) -> None:
                    help="output format (default: table)")
 
 
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="read on the Dask cluster at ADDRESS (tcp://host:8786); "
+                        "environment: TPUCKPT_SCHEDULER")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="read on a local Dask cluster of N processes, shut down at the end; "
+                        "environment: TPUCKPT_WORKERS")
+
+
+def _cluster(args):
+    from tpuckpt_viz.engine.cluster import connect
+
+    return connect(args.scheduler, args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpuckpt-viz",
@@ -65,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--match", help="only names or keys matching this regular expression")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("diff", help="compare two checkpoints variable by variable")
     p.add_argument("path_a")
@@ -75,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=("name", "key"), default="name",
                    help="pair variables by readable name (default) or raw key")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("steps", help="follow every variable across the checkpoints of a run")
     p.add_argument("run_dir")
@@ -82,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=KIND_CHOICES,
                    help="only variables of this kind (repeatable)")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("infer", help="run test inputs through a SavedModel or restored model")
     p.add_argument("path", help="SavedModel folder, or checkpoint/run to restore into --model")
@@ -151,9 +169,10 @@ def _cmd_stats(args) -> None:
     # One engine pass: each tensor read once, the next chunks read ahead while this one is
     # reduced; progress (tensors and bytes) on stderr for reads over a second.
     out = []
-    for stats in iter_stats(ckpt, names, progress=progress, labels=names):
-        stats["name"] = names[stats["key"]]
-        out.append(stats)
+    with _cluster(args) as cluster:
+        for stats in iter_stats(ckpt, names, progress=progress, labels=names, cluster=cluster):
+            stats["name"] = names[stats["key"]]
+            out.append(stats)
     progress.close()
     write(out, args.format, STATS_COLUMNS)
 
@@ -164,9 +183,10 @@ def _cmd_diff(args) -> None:
     from tpuckpt_viz.engine.diff import diff_checkpoints
 
     progress = Progress("diff")
-    records = diff_checkpoints(open_checkpoint(args.path_a), open_checkpoint(args.path_b),
-                               by=args.by, match=args.match, kinds=args.kind,
-                               progress=progress)
+    with _cluster(args) as cluster:
+        records = diff_checkpoints(open_checkpoint(args.path_a), open_checkpoint(args.path_b),
+                                   by=args.by, match=args.match, kinds=args.kind,
+                                   progress=progress, cluster=cluster)
     progress.close()
     write(records, args.format, DIFF_COLUMNS)
 
@@ -176,7 +196,9 @@ def _cmd_steps(args) -> None:
     from tpuckpt_viz.engine.diff import run_steps
 
     progress = Progress("steps")
-    records = run_steps(args.run_dir, match=args.match, kinds=args.kind, progress=progress)
+    with _cluster(args) as cluster:
+        records = run_steps(args.run_dir, match=args.match, kinds=args.kind,
+                            progress=progress, cluster=cluster)
     progress.close()
     write(records, args.format, STEPS_COLUMNS)
 
