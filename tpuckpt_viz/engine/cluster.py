@@ -117,6 +117,10 @@ class TensorRange:
         return dt.newbyteorder(">") if self.big_endian else dt
 
 
+# Data files seen on this machine (checked once per process).
+_seen_files: set = set()
+
+
 def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRange] | None:
     """The ranges of tensor ``key`` (each a multiple of ``align`` bytes but the last, at most
     about ``task_bytes``), or None if a worker cannot read it (not a plain numeric tensor of
@@ -132,6 +136,13 @@ def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRan
     if local is None:
         return None
     local = os.path.abspath(local)
+    if local not in _seen_files:
+        # Here first, with the in-process engine's message: a file that this machine has
+        # and a worker lacks is the worker's problem (see _Files.read).
+        from tpuckpt_viz.engine.chunks import open_shard
+
+        os.close(open_shard(path))
+        _seen_files.add(local)
     itemsize = bundle.numpy_dtype(proto.dtype).itemsize
     size, offset = int(proto.size), int(proto.offset)
     per = max(align, task_bytes // align * align)
@@ -560,7 +571,7 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
         return Cluster(client, task_bytes=task_bytes)
     local = distributed.LocalCluster(
         n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.ERROR)
+        dashboard_address=None, silence_logs=logging.CRITICAL)
     try:
         client = distributed.Client(local, set_as_default=False)
     except BaseException:
