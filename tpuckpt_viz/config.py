@@ -138,6 +138,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_timeout_s", "300", "TPUCKPT_WORKER_TIMEOUT_S", "--worker-timeout-s",
             "Time limit of one request to that worker, in seconds; then it is stopped.",
             kind="int", minimum=1, metavar="SECONDS"),
+    Setting("scheduler", "", "TPUCKPT_SCHEDULER", "--scheduler",
+            "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
+            "read on its workers, which must see the checkpoints at the same paths. Default: "
+            "none (in-process).", metavar="ADDRESS"),
+    Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
+            "Start a local Dask cluster of this many worker processes for stats, diff, steps "
+            "and Compare (shut down with the command or the server). Default: none.",
+            metavar="N"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
