@@ -122,8 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How many results (tensor statistics, histograms, diffs) the dashboard keeps cached.",
             kind="int", minimum=1, metavar="N"),
     Setting("allow_unsafe_ops", "0", "TPUCKPT_ALLOW_UNSAFE_OPS", "--allow-unsafe-ops",
-            "Set to 1 to run SavedModels whose signature uses file-system or Python ops "
-            "(ReadFile, WriteFile, PyFunc, ...). Off by default.", kind="bool",
+            "Run SavedModels whose signature uses file-system or Python ops (ReadFile, "
+            "WriteFile, PyFunc, ...). Off by default.", kind="bool",
             commands=("serve", "infer")),
     Setting("demo_dir", "", "TPUCKPT_DEMO_DIR", "--demo-dir",
             "Where the demo run is written. Default: ~/.cache/tpuckpt-viz/demo.", metavar="DIR"),

@@ -1,6 +1,6 @@
 """Kind, layer and slot rules for TF1, TF2 and Keras 3 names, in one table-driven place.
 
-Kinds (DESIGN.md section 3): weight, bias, norm, stat, slot, optimizer, counter, metric, other.
+Kinds (docs/reference.md): weight, bias, norm, stat, slot, optimizer, counter, metric, other.
 The order of the rules matters and is the order of :func:`classify`: object-graph slot links,
 ``.OPTIMIZER_SLOT`` keys, optimizer scopes (``training/<Optimizer>/...``), TF1 slot suffixes,
 then name patterns. Each pattern has a row in ``tests/test_grouping.py``.
