@@ -131,6 +131,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Progress display on stderr for stats, diff and steps: auto (when stderr is a "
             "terminal and the work takes over a second), always, or never.", kind="choice",
             choices=("auto", "always", "never"), commands=("stats", "diff", "steps")),
+    Setting("worker_mb", "16384", "TPUCKPT_WORKER_MB", "--worker-mb",
+            "Memory limit (data segment, MB) of the worker process that runs TensorFlow on a "
+            "user's file: model loading, inference, TensorFlow's checkpoint reader. 0: none.",
+            kind="int", minimum=0, metavar="MB"),
+    Setting("worker_timeout_s", "300", "TPUCKPT_WORKER_TIMEOUT_S", "--worker-timeout-s",
+            "Time limit of one request to that worker, in seconds; then it is stopped.",
+            kind="int", minimum=1, metavar="SECONDS"),
+    Setting("scheduler", "", "TPUCKPT_SCHEDULER", "--scheduler",
+            "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
+            "read on its workers, which must see the checkpoints at the same paths. Default: "
+            "none (in-process).", metavar="ADDRESS"),
+    Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
+            "Start a local Dask cluster of this many worker processes for stats, diff, steps "
+            "and Compare (shut down with the command or the server). Default: none.",
+            metavar="N"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

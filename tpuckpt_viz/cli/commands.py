@@ -93,6 +93,21 @@ def _positive(text: str) -> int:
     return number
 
 
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="read on the Dask cluster at ADDRESS (tcp://host:8786); "
+                        "environment: TPUCKPT_SCHEDULER")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="read on a local Dask cluster of N processes, shut down at the end; "
+                        "environment: TPUCKPT_WORKERS")
+
+
+def _cluster(args):
+    from tpuckpt_viz.engine.cluster import connect
+
+    return connect(args.scheduler, args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpuckpt-viz",
@@ -115,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", metavar="REGEX", help=MATCH_HELP)
     _add_settings(p, "stats")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("diff", help="compare two checkpoints variable by variable",
                        description="One record per variable of either checkpoint: status, "
@@ -127,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair variables by readable name (default) or raw key")
     _add_settings(p, "diff")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("steps", help="follow every variable across the checkpoints of a run",
                        description="One record per (step, variable) across every checkpoint "
@@ -139,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=KIND_CHOICES, help=KIND_HELP)
     _add_settings(p, "steps")
     _add_format(p)
+    _add_cluster(p)
 
     p = sub.add_parser("infer", help="run test inputs through a SavedModel or restored model",
                        description="Run inputs through a SavedModel signature, or through a "
@@ -209,8 +227,8 @@ def _cmd_stats(args) -> None:
     # One engine pass: each tensor read once, the next chunks read ahead while this one is
     # reduced; progress (tensors and bytes) on stderr.
     out = []
-    with _progress(args, "stats", "tensors") as progress:
-        for stats in iter_stats(ckpt, names, progress=progress, labels=names):
+    with _progress(args, "stats", "tensors") as progress, _cluster(args) as cluster:
+        for stats in iter_stats(ckpt, names, progress=progress, labels=names, cluster=cluster):
             stats["name"] = names[stats["key"]]
             out.append(stats)
     write(out, args.format, STATS_COLUMNS, table_columns=STATS_TABLE)
@@ -221,10 +239,10 @@ def _cmd_diff(args) -> None:
     from tpuckpt_viz.cli.output import write
     from tpuckpt_viz.engine.diff import diff_checkpoints
 
-    with _progress(args, "diff", "tensors") as progress:
+    with _progress(args, "diff", "tensors") as progress, _cluster(args) as cluster:
         records = diff_checkpoints(open_checkpoint(args.path_a), open_checkpoint(args.path_b),
                                    by=args.by, match=args.match, kinds=args.kind,
-                                   progress=progress)
+                                   progress=progress, cluster=cluster)
     write(records, args.format, DIFF_COLUMNS, table_columns=DIFF_TABLE)
 
 
@@ -232,8 +250,9 @@ def _cmd_steps(args) -> None:
     from tpuckpt_viz.cli.output import write
     from tpuckpt_viz.engine.diff import run_steps
 
-    with _progress(args, "steps", "checkpoints") as progress:
-        records = run_steps(args.run_dir, match=args.match, kinds=args.kind, progress=progress)
+    with _progress(args, "steps", "checkpoints") as progress, _cluster(args) as cluster:
+        records = run_steps(args.run_dir, match=args.match, kinds=args.kind,
+                            progress=progress, cluster=cluster)
     write(records, args.format, STEPS_COLUMNS, table_columns=STEPS_TABLE)
 
 
@@ -316,12 +335,29 @@ COMMANDS = {"list": _cmd_list, "stats": _cmd_stats, "diff": _cmd_diff, "steps": 
             "infer": _cmd_infer, "demo": _cmd_demo, "serve": _cmd_serve}
 
 
+def _note_other_checkpoints(args) -> None:
+    """One line on stderr when a folder holds several unrelated checkpoints and no state file
+    says which: the one opened, and the others (pass one of them to open it)."""
+    if args.command not in ("list", "stats", "diff"):
+        return
+    from tpuckpt_viz.checkpoint.paths import other_checkpoints, resolve_checkpoint
+
+    for path in (getattr(args, a, None) for a in ("path", "path_a", "path_b")):
+        others = other_checkpoints(path) if path else []
+        if others:
+            opened = resolve_checkpoint(path).prefix
+            print(f"note: {path} holds {len(others) + 1} unrelated checkpoints and no state "
+                  f"file: opened {opened}; pass one of the others to open it: "
+                  f"{', '.join(others)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     from tpuckpt_viz.errors import UserError, first_line
 
     try:
+        _note_other_checkpoints(args)
         COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
