@@ -204,8 +204,8 @@ def readable_names(keys: list[str], full_names: dict[str, str]) -> dict[str, str
 
     A bare ``full_name`` says less than the object path: ``tf.train.Checkpoint(encoder=m,
     step=tf.Variable(0))`` shows ``encoder/w`` and ``step``, never ``w`` or ``Variable``
-    (DESIGN.md section 3). Repeated names (metric accumulators ``total``) fall back to their
-    object path so that names stay unique within a checkpoint.
+    (docs/reference.md, list records). Repeated names (metric accumulators ``total``) fall
+    back to their object path so that names stay unique within a checkpoint.
     """
     proposed = {key: full_names[key] if "/" in full_names.get(key, "") else object_path(key)
                 for key in keys}

@@ -70,14 +70,13 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _checked(row):
-    def parse(text: str) -> str:
+    def parse(text: str):
         from tpuckpt_viz.errors import UserError
 
         try:
-            row.parse(text, source=repr(text))
+            return row.parse(text, source=repr(text))
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
 
     parse.__name__ = row.name
     return parse
@@ -91,15 +90,6 @@ def _positive(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return number
-
-
-def _add_cluster(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="read on the Dask cluster at ADDRESS (tcp://host:8786); "
-                        "environment: TPUCKPT_SCHEDULER")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="read on a local Dask cluster of N processes, shut down at the end; "
-                        "environment: TPUCKPT_WORKERS")
 
 
 def _cluster(args):
@@ -130,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", metavar="REGEX", help=MATCH_HELP)
     _add_settings(p, "stats")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("diff", help="compare two checkpoints variable by variable",
                        description="One record per variable of either checkpoint: status, "
@@ -143,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair variables by readable name (default) or raw key")
     _add_settings(p, "diff")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("steps", help="follow every variable across the checkpoints of a run",
                        description="One record per (step, variable) across every checkpoint "
@@ -156,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=KIND_CHOICES, help=KIND_HELP)
     _add_settings(p, "steps")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("infer", help="run test inputs through a SavedModel or restored model",
                        description="Run inputs through a SavedModel signature, or through a "
