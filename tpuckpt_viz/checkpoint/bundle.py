@@ -103,6 +103,7 @@ def read_index(prefix: str) -> BundleIndex:
         data = storage.read_all(name)
     except storage.NotFound:
         raise UserError(f"no {name}: pass the checkpoint prefix, e.g. .../model.ckpt-1000") from None
+    tf()  # the quiet import first (tfcompat): importing the protos alone prints TF's banner
     from tensorflow.core.protobuf import tensor_bundle_pb2 as pb
 
     bad = f"{name} is not a valid checkpoint index (truncated or corrupt): "

@@ -81,6 +81,9 @@ def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) 
 
 def parse(serialized: bytes) -> ObjectGraphInfo:
     """Read a serialized ``TrackableObjectGraph`` into names and slot links."""
+    from tpuckpt_viz.tfcompat import tf
+
+    tf()  # the quiet import first (tfcompat): importing the protos alone prints TF's banner
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
