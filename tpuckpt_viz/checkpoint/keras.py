@@ -108,7 +108,7 @@ LAYER_WEIGHTS = {
     "lstm_cell": _rnn_cell,
     "gru_cell": _rnn_cell,
     "simple_rnn_cell": _rnn_cell,
-    "prelu": lambda cfg: [("alpha", True)],
+    "p_re_lu": lambda cfg: [("alpha", True)],  # Keras's own snake case of PReLU
     "normalization": lambda cfg: [("mean", False), ("variance", False), ("count", False)],
 }
 _CELL_OF = {"lstm": "lstm_cell", "gru": "gru_cell", "simple_rnn": "simple_rnn_cell"}

@@ -136,6 +136,22 @@ def keras_file_number(path: str) -> int | None:
     return int(match.group(0)) if match else None
 
 
+def keras_run_number(path: str) -> int | None:
+    """The number in a Keras file's name when it is one save of a ``ModelCheckpoint`` run
+    (another file of the same name pattern beside it); None for a lone file, whose name's
+    number (``resnet50.h5``, ``keras2_full.h5``) says nothing about a step."""
+    number = keras_file_number(path)
+    if number is None:
+        return None
+    family = _family(path)
+    try:
+        siblings = [n for n in _listdir(_dirname(path)) if n != _basename(path)
+                    and n.lower().endswith(KERAS_SUFFIXES) and _family(n) == family]
+    except UserError:
+        return None
+    return number if siblings else None
+
+
 def _keras_order(path: str):
     number = keras_file_number(path)
     return (number is None, number if number is not None else 0, path)

@@ -138,9 +138,9 @@ def checkpoint_step(ckpt: Checkpoint, records: list[dict] | None = None) -> int 
     if getattr(ckpt, "format", None) == "keras":
         # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
         # optimizer's iterations that the file holds (DESIGN.md section 3).
-        from tpuckpt_viz.checkpoint.paths import keras_file_number
+        from tpuckpt_viz.checkpoint.paths import keras_run_number
 
-        number = keras_file_number(ckpt.prefix)
+        number = keras_run_number(ckpt.prefix)
         if number is not None:
             return number
         if ckpt.iterations_key:
