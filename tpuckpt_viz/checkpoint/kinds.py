@@ -199,13 +199,16 @@ def classify(key: str, name: str, dtype: str, ndim: int, keys: set[str],
 
 
 def readable_names(keys: list[str], full_names: dict[str, str]) -> dict[str, str]:
-    """Readable name per key: the object graph's ``full_name`` where it is unique, else the
-    object path (the key without ``/.ATTRIBUTES/VARIABLE_VALUE``).
+    """Readable name per key: the object graph's ``full_name`` where it holds a ``/`` and is
+    unique, else the object path (the key without ``/.ATTRIBUTES/VARIABLE_VALUE``).
 
-    Unnamed ``tf.Variable``s are all called ``Variable`` and metric accumulators ``total``:
-    those fall back to their object path so that names stay unique within a checkpoint.
+    A bare ``full_name`` says less than the object path: ``tf.train.Checkpoint(encoder=m,
+    step=tf.Variable(0))`` shows ``encoder/w`` and ``step``, never ``w`` or ``Variable``
+    (DESIGN.md section 3). Repeated names (metric accumulators ``total``) fall back to their
+    object path so that names stay unique within a checkpoint.
     """
-    proposed = {key: full_names.get(key) or object_path(key) for key in keys}
+    proposed = {key: full_names[key] if "/" in full_names.get(key, "") else object_path(key)
+                for key in keys}
     result = _fallback_duplicates(proposed)
     # A full_name may still equal another key's object path: those fall back too.
     return _fallback_duplicates(result)

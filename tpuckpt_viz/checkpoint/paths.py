@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from tpuckpt_viz.checkpoint import formats
+from tpuckpt_viz.checkpoint import formats, remote
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
 
@@ -61,6 +61,8 @@ def _basename(path: str) -> str:
 
 
 def _exists(path: str) -> bool:
+    if remote.handles(path):  # gs:// and other fsspec URLs: a failure is an error, not False
+        return remote.exists(path)
     if formats.is_local(path):  # no TensorFlow import for local files (Keras files need none)
         return os.path.exists(path)
     try:
@@ -70,6 +72,8 @@ def _exists(path: str) -> bool:
 
 
 def _isdir(path: str) -> bool:
+    if remote.handles(path):
+        return remote.isdir(path)
     if formats.is_local(path):
         return os.path.isdir(path)
     try:
@@ -79,6 +83,8 @@ def _isdir(path: str) -> bool:
 
 
 def _listdir(path: str) -> list[str]:
+    if remote.handles(path):
+        return remote.listdir(path)
     if formats.is_local(path):
         try:
             return sorted(os.listdir(path))
@@ -244,8 +250,11 @@ def _read_state(directory: str):
     from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
     try:
-        with _gfile().GFile(state_path, "rb") as f:
-            raw = f.read(1 << 20)
+        if remote.handles(state_path):
+            raw = remote.read_range(state_path, 0, 1 << 20)
+        else:
+            with _gfile().GFile(state_path, "rb") as f:
+                raw = f.read(1 << 20)
         text = raw.decode("utf-8")
         return text_format.Parse(text, CheckpointState())
     except Exception:  # a garbage or binary state file: fall back to the *.index files
@@ -341,7 +350,8 @@ def _latest_in_dir(directory: str) -> str:
 
     def newest(prefix: str):
         try:
-            mtime = _gfile().stat(prefix + ".index").mtime_nsec
+            mtime = (remote.mtime_ns(prefix + ".index") if remote.handles(prefix)
+                     else _gfile().stat(prefix + ".index").mtime_nsec)
         except Exception:
             mtime = 0
         return (_step_number(prefix), mtime)
@@ -373,11 +383,9 @@ def _v1_in_dir(directory: str) -> str | None:
 
 def _is_v1_file(path: str) -> bool:
     """Whether ``path`` is a legacy V1 TensorSlice checkpoint file that TensorFlow can read."""
-    try:
-        tf().compat.v1.train.NewCheckpointReader(path)
-        return True
-    except Exception:
-        return False
+    from tpuckpt_viz import sandbox
+
+    return sandbox.is_tensorflow_checkpoint(path)  # in the worker: a crash ends only it
 
 
 def resolve_checkpoint(path: str) -> Resolved:
