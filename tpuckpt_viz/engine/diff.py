@@ -174,13 +174,13 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
         # optimizer's iterations that the file holds (DESIGN.md section 3).
         from tpuckpt_viz.checkpoint.paths import keras_run_number
 
-        number = keras_run_number(ckpt.prefix)
+        number = keras_run_number(ckpt.prefix)  # None for a lone file ("resnet50.h5")
         if number is not None:
-            return number
+            return number, "file name"
         if ckpt.iterations_key:
             value = _scalar(ckpt, ckpt.iterations_key)
             if value is not None:
-                return value
+                return value, "optimizer iterations"
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 
