@@ -245,6 +245,8 @@ def _read_state(directory: str):
     if not _exists(state_path) or _isdir(state_path):
         return None
     from google.protobuf import text_format
+
+    tf()  # the quiet import first (tfcompat): importing the protos alone would print TF's banner
     from tensorflow.core.protobuf import saver_pb2  # noqa: F401
     from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
     from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
