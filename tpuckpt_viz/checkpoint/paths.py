@@ -276,8 +276,18 @@ def _locate(directory: str, recorded: str) -> str | None:
     else:
         candidates.append(_join(directory, recorded))
     candidates.append(_join(directory, _basename(recorded)))
+    if "://" in recorded and "://" not in directory:
+        # A run copied down from a bucket: the local copy first, so that listing a local
+        # folder never waits on (or fails for) a bucket it no longer needs.
+        candidates.reverse()
     for candidate in candidates:
-        if _exists(candidate + ".index") and not in_progress(candidate):
+        try:
+            found = _exists(candidate + ".index")
+        except UserError:
+            if "://" not in directory and "://" in candidate:
+                continue  # a stale remote path recorded in a local folder's state file
+            raise
+        if found and not in_progress(candidate):
             return candidate
     return None
 
