@@ -335,3 +335,22 @@ def test_tf215_saved_model(capsys):
     # saved_model.pb opens its SavedModel.
     again = cli_json(capsys, "list", FIXTURES / "saved_model_adam" / "saved_model.pb")
     assert [r["key"] for r in again] == [r["key"] for r in records]
+
+
+def test_keras_file_on_a_bucket_filesystem(capsys, keras3_run):
+    """A Keras file on an fsspec filesystem (memory:// stands in for gs://) is read through a
+    seekable file object, never copied to disk."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = f"memory://keras-{uuid.uuid4().hex}/model.keras"
+    with fs.open(url, "wb") as f:
+        f.write(keras3_run["keras"].read_bytes())
+    remote_records = cli_json(capsys, "list", url)
+    local_records = cli_json(capsys, "list", keras3_run["keras"])
+    assert remote_records == local_records
+    stats = cli_json(capsys, "stats", url, "--match", "^hidden/kernel$")
+    kernel = keras3_run["values"]["hidden/kernel"]
+    assert stats[0]["l2"] == pytest.approx(float(np.linalg.norm(kernel)), rel=1e-5)

@@ -674,6 +674,13 @@ class KerasCheckpoint:
             if formats.is_local(self.prefix):
                 st = os.stat(self.prefix)
                 return (self.prefix, st.st_size, st.st_mtime_ns)
+            from tpuckpt_viz.checkpoint import remote
+
+            if remote.handles(self.prefix):
+                mtime = remote.mtime_ns(self.prefix)
+                if mtime:
+                    return (self.prefix, remote.info(self.prefix).get("size"), mtime)
+                raise OSError("no modification time")
             from tpuckpt_viz.tfcompat import tf
 
             st = tf().io.gfile.stat(self.prefix)
