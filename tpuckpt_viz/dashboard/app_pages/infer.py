@@ -246,13 +246,17 @@ if saved is not None and saved[0] == state_key:
                          "downloads below.")
         n = inferdata.examples_of(value)
         example = value
-        if value.ndim >= 2 or (value.ndim == 1 and value.size > SMALL_OUTPUT):
+        if value.ndim >= 2 and value.size == n:  # one number per example: chart the batch
+            value = example = value.reshape(-1)
+        elif value.ndim >= 2:
             i = int(left.number_input("Example", 0, max(n - 1, 0), 0, key=f"infer_ex_{name}",
                                       help="Which example of the batch the chart shows")) \
                 if n > 1 else 0
             example = value[i] if value.ndim >= 2 else value
         figure = charts.example_chart(name if example is value else f"{name}, example {i}",
                                       example)
+        if figure is not None and example is value and value.ndim == 1:
+            figure.update_xaxes(title="example")
         if figure is not None:
             right.plotly_chart(figure, width="stretch", key=f"infer_chart_{name}")
     with st.expander("Inputs that ran"):
