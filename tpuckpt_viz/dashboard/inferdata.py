@@ -20,7 +20,9 @@ def output_table(value) -> pd.DataFrame:
     if arr.dtype == ml_dtypes.bfloat16:
         arr = arr.astype(np.float32)
     if arr.dtype.kind in "OS":
-        arr = np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else v, 1, 1)(arr)
+        # (a 0-d array gives back a plain object from frompyfunc: keep it an array)
+        arr = np.asarray(np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else v,
+                                       1, 1)(arr), dtype=object)
     if arr.ndim == 0:
         arr = arr.reshape(1, 1)
     elif arr.ndim == 1:

@@ -16,6 +16,7 @@ from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
+from tpuckpt_viz.patterns import compile_user, search_any
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -200,8 +201,8 @@ def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
     if dtypes:
         mask &= table["dtype"].isin(dtypes)
     if pattern:
-        mask &= (table["name"].str.contains(pattern, regex=True)
-                 | table["key"].str.contains(pattern, regex=True))
+        regex = compile_user(pattern, "name filter")  # RE2: linear time, cannot stall the server
+        mask &= [search_any(regex, name, key) for name, key in zip(table["name"], table["key"])]
     return table[mask]
 
 

@@ -8,6 +8,7 @@ import sys
 import streamlit as st
 
 from tpuckpt_viz import config, demo
+from tpuckpt_viz.checkpoint import remote
 from tpuckpt_viz.checkpoint.paths import resolve_checkpoint, run_checkpoints
 from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
 from tpuckpt_viz.dashboard.access import allowed_roots, check_path
@@ -39,6 +40,12 @@ def _open(prefix: str, signature_hint: tuple) -> Checkpoint:
 
 def _signature_hint(prefix: str) -> tuple:
     """Size and mtime of the index, so a rewritten checkpoint is reopened."""
+    if remote.handles(prefix):  # from the folder's listing, itself cached for a few seconds
+        try:
+            meta = remote.info(prefix + ".index")
+            return (meta.get("size"), str(meta.get("updated") or meta.get("mtime") or ""))
+        except UserError:
+            return ()
     try:
         st_ = os.stat(prefix + ".index")
         return (st_.st_size, st_.st_mtime_ns)
@@ -133,8 +140,45 @@ def step_label(item: dict) -> str:
     return f"{item['label']} · {os.path.basename(item['checkpoint'])}"
 
 
+# Listing a bucket costs a request per 1000 names: cached briefly, new runs show up soon.
+@st.cache_data(max_entries=16, ttl=30, show_spinner="Listing the runs in the bucket...")
+def bucket_runs(root: str) -> list[str]:
+    """Folders under the remote root ``root`` that hold checkpoints (see remote.find_runs)."""
+    return remote.find_runs(root)
+
+
+def bucket_run_picker(key: str) -> None:
+    """For ``gs://`` (and other fsspec) roots: choose a run from the bucket instead of typing
+    it; the choice fills the path box ``key``. Nothing shows without a remote root."""
+    roots = [r for r in allowed_roots() if remote.handles(r)]
+    if not roots:
+        return
+    runs: list[str] = []
+    for root in roots:
+        try:
+            runs += bucket_runs(root)
+        except UserError as exc:
+            show_error(exc)
+    if not runs:
+        return
+
+    def chosen() -> None:
+        value = st.session_state.get(key + "_bucket")
+        if value:
+            set_current(value)
+            st.session_state.pop(key + "_step", None)
+
+    current = current_path()
+    st.selectbox("Run in the bucket", runs, key=key + "_bucket", on_change=chosen,
+                 index=runs.index(current) if current in runs else None,
+                 placeholder="Choose a folder that holds checkpoints",
+                 help="Folders under the remote roots that hold checkpoints (listed again "
+                      "every 30 s)")
+
+
 def pick_path(label: str, key: str, help_text: str | None = None) -> str:
     """The path box of the current checkpoint; typing in it changes the current one."""
+    bucket_run_picker(key)
     st.session_state[key] = current_path()
     value = st.text_input(label, key=key, on_change=lambda: set_current(st.session_state[key]),
                           help=help_text or "A checkpoint folder, prefix, .index file or "

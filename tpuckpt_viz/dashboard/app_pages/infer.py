@@ -55,6 +55,8 @@ def _source():
     return source.kind, check_path(prefix), run_steps_of(path)
 
 
+inf.warm_up()  # TensorFlow's worker process starts now, so that Run does not wait for it
+
 try:
     kind, target, members = _source()
 except Exception as exc:  # never a traceback in the page
@@ -108,7 +110,7 @@ else:
     if len(members) > 1:
         target = check_path(pick_step(path, "infer_step"))
     try:
-        specs = inf.restored_model(target, None, device).specs
+        specs = inf.model_specs(target, None, device)
     except Exception as exc:
         # Stop here: a Run button could only fail the same way again.
         show_error(exc)
