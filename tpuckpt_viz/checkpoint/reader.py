@@ -241,5 +241,14 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str) -> Checkpoint:
-    """Resolve ``path`` (see :mod:`tpuckpt_viz.checkpoint.paths`) and open the checkpoint it names."""
-    return Checkpoint(resolve_checkpoint(path), path)
+    """Resolve ``path`` (see :mod:`tpuckpt_viz.checkpoint.paths`) and open the checkpoint it names
+    (a Keras file opens as a :class:`tpuckpt_viz.checkpoint.keras.KerasCheckpoint`, which has
+    the same interface)."""
+    resolved = resolve_checkpoint(path)
+    if resolved.format == "keras":
+        from tpuckpt_viz.checkpoint.keras import open_keras
+
+        ckpt = open_keras(resolved.prefix, path)
+        ckpt.resolved = resolved
+        return ckpt
+    return Checkpoint(resolved, path)

@@ -120,7 +120,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
     shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint`` writes
     a variable's slots far from it). Small tensors close together in a shard share a unit
     (one read); large ones are cut at block boundaries."""
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
 
     index = ckpt.index
     on_disk = []
@@ -251,7 +251,7 @@ def _work(ckpt: Checkpoint, unit: _Unit, files: dict, buf: np.ndarray, sample_ev
 def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
                keep_sample: bool = False, chunk_bytes: int | None = None,
                threshold_bytes: int | None = None,
-               labels: dict[str, str] | None = None) -> Iterator[dict]:
+               labels: dict[str, str] | None = None, cluster=None) -> Iterator[dict]:
     """Statistics of each tensor in ``keys``, in order (see :func:`tensor_stats`).
 
     Each tensor is read once. The data shards are read front to back in units of a few MB
@@ -262,11 +262,23 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
     bytes_done)`` is called as each record is ready and about every quarter second in
     between; ``labels`` maps keys to the label shown. ``chunk_bytes`` sets the unit size (the
     numbers do not depend on it); see :func:`tensor_chunks` for ``threshold_bytes``. An error
-    (a missing shard, a checksum) is raised in its tensor's turn.
+    (a missing shard, a checksum) is raised in its tensor's turn. With ``cluster`` (a
+    :class:`tpuckpt_viz.engine.cluster.Cluster`), tensors that its workers can read are read
+    there, with the same results.
     """
+    if cluster is not None and threshold_bytes is None and chunk_bytes is None:
+        from tpuckpt_viz.engine import cluster as dask_engine
+
+        def in_process(key: str) -> dict:
+            return tensor_stats(ckpt, key, keep_sample=keep_sample)
+
+        yield from dask_engine.iter_stats(cluster, ckpt, list(keys), record=_record,
+                                          in_process=in_process, progress=progress,
+                                          keep_sample=keep_sample, labels=labels)
+        return
     import google_crc32c
 
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
     from tpuckpt_viz.errors import UserError
 
     keys = list(keys)
@@ -322,7 +334,7 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         if not piece.last:
             return
         del partial[i]
-        if bundle._mask(state[1]) != ckpt.index.entries[key].crc32c:
+        if table.mask(state[1]) != ckpt.index.entries[key].crc32c:
             ready[i] = UserError(f"data for {key} in {unit.path} fails its checksum: the "
                                  "shard is corrupt; copy it again from the source")
         else:
