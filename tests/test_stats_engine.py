@@ -154,6 +154,7 @@ def test_lowered_slice_threshold_streams_and_agrees(made, monkeypatch):
              for k in ("normal", "planted", "bf16")}
     monkeypatch.setenv("TPUCKPT_SLICE_MB", "0")
     monkeypatch.setenv("TPUCKPT_CHUNK_MB", "1")
+    ckpt = open_checkpoint(prefix)  # settings are read once, when a checkpoint is opened
     for key, want in whole.items():
         acc = Accumulator()
         chunks = list(ckpt.chunks(key))
@@ -301,6 +302,7 @@ def test_compare_tensors_streams_like_whole(made, monkeypatch):
     for field, want in ref.items():
         assert got[field] == pytest.approx(want, rel=1e-6), field
     monkeypatch.setenv("TPUCKPT_CHUNK_MB", "1")  # several chunks: read ahead in a thread
+    ckpt = open_checkpoint(prefix)  # settings are read once, when a checkpoint is opened
     again = diff.compare_tensors(ckpt, "normal", ckpt, "gamma")
     for field, want in ref.items():
         assert again[field] == pytest.approx(want, rel=1e-6), field
