@@ -265,27 +265,28 @@ def read_all(path: str) -> bytes:
     return _call(path, fs.cat_file, path)
 
 
-def find_runs(root: str, depth: int = 3) -> list[str]:
+def find_runs(root: str, depth: int = 4) -> list[str]:
     """Folders under ``root`` (at most ``depth`` levels down) that hold checkpoints.
 
-    One recursive listing of the prefix (paged, 1000 names a request) instead of a walk; a
-    folder counts when it holds a ``*.index`` file; a SavedModel's ``variables/`` folder is
-    given as the SavedModel folder. Sorted, ``root`` itself first if it holds checkpoints.
+    One flat listing of the prefix (paged, 1000 names a request) instead of a walk of one
+    request per folder; a folder counts when it holds a ``*.index`` file; a SavedModel's
+    ``variables/`` folder is given as the SavedModel folder. Sorted, ``root`` itself first.
     """
     fs = filesystem(root)
-    proto = scheme(root)
-    base = root.rstrip("/")
-    names = _call(root, fs.find, base, maxdepth=depth + 1)
+    base = fs._strip_protocol(root).rstrip("/")
+    names = _call(root, fs.find, base)
     runs = set()
     for name in names:
         if not name.endswith(".index") or "_temp" in name:
             continue
         folder = name.rsplit("/", 1)[0]
-        if folder.endswith("/variables") and name.endswith("/variables.index"):
+        if name.endswith("/variables/variables.index"):
             folder = folder[: -len("/variables")]
-        runs.add(folder if "://" in folder else f"{proto}://{folder.lstrip('/')}"
-                 if proto != "memory" else f"memory://{folder}")
-    return sorted(runs, key=lambda r: (r.rstrip("/") != base, r))
+        rel = folder[len(base):].strip("/")
+        if rel.count("/") + 1 > depth and rel:
+            continue
+        runs.add(root.rstrip("/") + ("/" + rel if rel else ""))
+    return sorted(runs, key=lambda r: (r != root.rstrip("/"), r))
 
 
 def tf_gcs_defaults() -> None:
