@@ -88,6 +88,8 @@ def _measure(bed, env: dict, code_root: Path, kind: str, *paths: str) -> dict:
     bed.proxy.reset()
     child_env = dict(os.environ, **env, PYTHONPATH=str(code_root), TF_CPP_MIN_LOG_LEVEL="3",
                      PYTHONDONTWRITEBYTECODE="1")
+    if kind == "tf":  # the baseline runs with TensorFlow's own defaults (64 MB read-ahead)
+        child_env["GCS_READ_CACHE_BLOCK_SIZE_MB"] = "64"
     out = subprocess.run([sys.executable, "-c", _CHILD, kind, *paths], capture_output=True,
                          text=True, env=child_env, cwd=tempfile.gettempdir(), timeout=3600)
     if out.returncode != 0:

@@ -259,6 +259,12 @@ def read_ranges(path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     return list(out)
 
 
+def open_file(path: str):
+    """A seekable binary file object (reads ahead in blocks of 4 MB: Keras/HDF5 files)."""
+    fs = filesystem(path)
+    return _call(path, fs.open, path, "rb", block_size=4 << 20)
+
+
 def read_all(path: str) -> bytes:
     """The whole file in one request (a missing file raises kind ``missing``)."""
     fs = filesystem(path)
