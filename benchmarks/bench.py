@@ -384,6 +384,15 @@ def run_benchmark(mode: str, keep: str | None = None) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def remote_figures(quick: bool, before: str | None) -> int:
+    """``--remote``: the gs:// figures of ``benchmarks/bench_remote.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_remote import run_remote
+
+    print(json.dumps(run_remote("quick" if quick else "full", before), indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
@@ -391,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate inputs into DIR once and reuse them (not removed)")
     parser.add_argument("--make", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--rss", metavar="PREFIX", help=argparse.SUPPRESS)
+    parser.add_argument("--remote", action="store_true",
+                        help="gs:// figures against a GCS emulator instead (bench_remote.py)")
+    parser.add_argument("--before", metavar="DIR",
+                        help="with --remote: also measure the code checked out in DIR")
     args = parser.parse_args(argv)
+    if args.remote:
+        return remote_figures(args.quick, args.before)
     if args.make:
         print(json.dumps(make_inputs(args.make[0], SIZES[args.make[1]])))
         return 0
