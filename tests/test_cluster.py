@@ -104,9 +104,10 @@ def test_stats_of_every_real_checkpoint(shared, cluster):
             assert str(remote.value) == str(exc)
             continue
         assert_same(local, stats_of(ckpt, cluster))
-        assert_same(local, stats_of(ckpt, small_tasks(cluster, 1)))
-        assert_same(stats_of(ckpt, keep_sample=True),
-                    stats_of(ckpt, cluster, keep_sample=True))
+    # Every tensor its own task; and the histogram samples.
+    ckpt = open_checkpoint(str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1"))
+    assert_same(stats_of(ckpt), stats_of(ckpt, small_tasks(cluster, 1)))
+    assert_same(stats_of(ckpt, keep_sample=True), stats_of(ckpt, cluster, keep_sample=True))
 
 
 def test_diff_and_steps_of_real_runs(shared, cluster):
@@ -286,9 +287,10 @@ def test_cli_workers_leave_no_process(shared, tmp_path, capsys):
     assert _marked(marker) == [], "a worker outlived the command"
 
 
-def test_cli_refuses_both_and_unreachable(shared, capsys):
+def test_cli_refuses_both_and_unreachable(shared, capsys, monkeypatch):
     from tpuckpt_viz.cli import main
 
+    monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT", "1s")
     path = str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1")
     assert main(["stats", path, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 1
     assert "not both" in capsys.readouterr().err
@@ -310,3 +312,29 @@ def test_cli_scheduler_setting(shared, cluster, capsys, monkeypatch):
     assert main(["stats", path, "--format", "json"]) == 0
     assert capsys.readouterr().out == expected
     assert cluster.client.run_on_scheduler(counter) > before  # the work went there
+
+
+# ------------------------------------------------------------------------ the dashboard
+
+def test_compare_page_on_the_cluster(app_env, cluster, monkeypatch):
+    from apphelpers import COMPARE, clear_caches, open_app
+
+    def tables(at):
+        return [d.value for d in at.dataframe]
+
+    local = tables(open_app(COMPARE))
+    clear_caches()
+    diff._transition_cache.clear()
+    monkeypatch.setenv("TPUCKPT_SCHEDULER", cluster.address)
+    counter = lambda dask_scheduler: dask_scheduler.transition_counter  # noqa: E731
+    before = cluster.client.run_on_scheduler(counter)
+    try:
+        remote = tables(open_app(COMPARE))
+    finally:
+        for shared_cluster in dask_engine._shared.values():
+            shared_cluster.close()
+        dask_engine._shared.clear()
+    assert cluster.client.run_on_scheduler(counter) > before  # the work went there
+    assert len(local) == len(remote) >= 2
+    for x, y in zip(local, remote):
+        assert x.equals(y)

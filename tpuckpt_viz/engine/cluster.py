@@ -49,6 +49,8 @@ from tpuckpt_viz.errors import UserError, first_line
 # Bytes of checkpoint per task: large enough that Dask's cost per task (about a millisecond)
 # stays small against the read and the reduction, small enough to spread a run over workers.
 TASK_BYTES = 64 << 20
+# How long to try to reach a scheduler before giving up.
+CONNECT_TIMEOUT = "10s"
 # Bytes a worker reads at a time for statistics (rounded to whole blocks).
 READ_BYTES = 4 << 20
 
@@ -378,7 +380,8 @@ def _check_crc(ckpt, key: str, ranges: list[TensorRange], crcs: list[int]) -> No
 
 
 def _chunk_step(itemsize: int) -> int:
-    """The chunk of the in-process pairwise reads (:func:`tpuckpt_viz.engine.chunks.reused_chunks`)."""
+    """The chunk of the in-process pairwise reads (as in
+    :func:`tpuckpt_viz.engine.chunks.reused_chunks`)."""
     from tpuckpt_viz.engine.chunks import UNIT_BYTES
 
     chunk_bytes = min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
@@ -388,9 +391,10 @@ def _chunk_step(itemsize: int) -> int:
 def iter_stats(cluster: Cluster, ckpt, keys: list[str], *, record: Callable,
                in_process: Callable, progress=None, keep_sample: bool = False,
                labels: dict | None = None) -> Iterator[dict]:
-    """Statistics of each tensor of ``keys`` in order, as :func:`tpuckpt_viz.engine.stats.iter_stats`
-    gives them: those a worker can read on the cluster, the rest in-process in their turn
-    (``in_process(key)``); ``record(ckpt, key, acc, keep_sample)`` makes the record."""
+    """Statistics of each tensor of ``keys`` in order, as
+    :func:`tpuckpt_viz.engine.stats.iter_stats` gives them: those a worker can read on the
+    cluster, the rest in-process in their turn (``in_process(key)``);
+    ``record(ckpt, key, acc, keep_sample)`` makes the record."""
     total = len(keys)
     plans, items = {}, []
     for i, key in enumerate(keys):
@@ -563,7 +567,8 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
     _quiet()
     if scheduler:
         try:
-            client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT,
+                                        set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(exc)}; "
                             "start one (`dask scheduler`, then `dask worker ADDRESS` on each "

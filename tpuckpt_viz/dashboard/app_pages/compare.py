@@ -20,6 +20,7 @@ from tpuckpt_viz.dashboard.app_pages.common import (
     show_error,
 )
 from tpuckpt_viz.engine import diff
+from tpuckpt_viz.engine.cluster import configured as configured_cluster
 
 st.title("Compare training steps")
 # The run at a glance, filled in once the Whole run tab has read the run: opening the page is
@@ -47,7 +48,7 @@ def _diff(sig_a: tuple, sig_b: tuple, prefix_a: str, prefix_b: str, by: str) -> 
     def progress(done, total, label):
         bar.progress(done / max(total, 1), text=f"Comparing {done}/{total}: {label}")
 
-    records = diff.diff_checkpoints(a, b, by=by, progress=progress)
+    records = diff.diff_checkpoints(a, b, by=by, progress=progress, cluster=configured_cluster())
     bar.empty()
     return pd.DataFrame(records)
 
@@ -138,7 +139,7 @@ def _steps(run_dir: str, members: tuple, match: str, kinds: tuple) -> pd.DataFra
         bar.progress(done / max(total, 1), text=f"Checkpoint {done}/{total}: {os.path.basename(label)}")
 
     records = diff.run_steps(run_dir, match=match or None, kinds=kinds or None,
-                             progress=progress)
+                             progress=progress, cluster=configured_cluster())
     bar.empty()
     return pd.DataFrame(records)
 
