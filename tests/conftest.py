@@ -193,3 +193,16 @@ def bf16_ckpt(tf, tmp_path_factory):
     ckpt = tf.train.Checkpoint(**variables)
     prefix = ckpt.write(str(tmp_path_factory.mktemp("bf16") / "ckpt"))
     return prefix, values
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A GCS emulator behind a loopback proxy (tests/gcsemu.py), started once per session.
+
+    A missing emulator is an error, not a skip: ``.ci/run`` installs it.
+    """
+    from gcsemu import Testbed
+
+    bed = Testbed(tmp_path_factory.mktemp("gcs"))
+    yield bed
+    bed.stop()

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tpuckpt_viz.checkpoint import bundle
+from tpuckpt_viz.checkpoint import bundle, table
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.tfcompat import tf as _tf
 
@@ -308,12 +308,7 @@ def test_corrupt_index(made, tmp_path, damage):
 
 
 def _first_data_block(raw: bytes) -> tuple[int, int]:
-    footer = raw[-48:]
-    index_off, p = bundle._varint(footer, bundle._varint(footer, bundle._varint(footer, 0)[1])[1])
-    index_size, _ = bundle._varint(footer, p)
-    (_, handle), *_ = bundle._block(raw, index_off, index_size, "x")
-    off, q = bundle._varint(handle, 0)
-    return off, bundle._varint(handle, q)[0]
+    return table.data_blocks(raw)[0]
 
 
 def test_lingvo_data_block_is_snappy():
@@ -323,24 +318,27 @@ def test_lingvo_data_block_is_snappy():
     assert raw[off + size] == 1
 
 
-@pytest.mark.parametrize("stream, want", [
-    (b"\x00", b""),
-    (b"\x05\x10hello", b"hello"),
-    # literal "ab", then a 1-byte-offset copy of 6 bytes at offset 2 (overlapping: repeats "ab")
-    (b"\x08\x04ab" + bytes([1 | (6 - 4) << 2, 2]), b"abababab"),
-    # a 2-byte-offset copy and a 4-byte-offset copy
-    (b"\x0a\x08abc" + bytes([2 | 2 << 2, 3, 0]) + bytes([3 | 3 << 2, 6, 0, 0, 0]), b"abcabcabca"),
-    # a literal whose length (100) follows the tag in one byte
-    (bytes([100]) + bytes([60 << 2, 99]) + b"x" * 100, b"x" * 100),
-])
-def test_snappy(stream, want):
-    assert bundle._snappy(stream) == want
+def test_snappy_block_round_trip():
+    import cramjam
+
+    raw = b"abcabcabc" * 50 + bytes(range(256))
+    assert table.snappy_decompress(bytes(cramjam.snappy.compress_raw(raw))) == raw
 
 
 @pytest.mark.parametrize("stream", [b"\x05\x10hel", b"\x04" + bytes([1 | 0 << 2, 5]), b"\x03\x08abcd"])
 def test_snappy_rejects_garbage(stream):
-    with pytest.raises((ValueError, IndexError)):
-        bundle._snappy(stream)
+    with pytest.raises(ValueError):
+        table.snappy_decompress(stream)
+
+
+def test_lingvo_snappy_index_matches_tensorflow(tf):
+    # The real snappy-compressed index: every key TensorFlow lists, with its shape and dtype.
+    index = bundle.read_index(str(LINGVO))
+    reader = tf.compat.v1.train.NewCheckpointReader(str(LINGVO))
+    shapes = reader.get_variable_to_shape_map()
+    assert set(index.entries) == set(shapes)
+    for key, entry in index.entries.items():
+        assert [d.size for d in entry.shape.dim] == shapes[key], key
 
 
 def test_unknown_compression_is_refused(made, tmp_path):
@@ -353,7 +351,7 @@ def test_unknown_compression_is_refused(made, tmp_path):
     off, size = _first_data_block(bytes(raw))
     raw[off + size] = 2  # a compression type TensorFlow's table format does not define, valid crc
     crc = google_crc32c.value(bytes(raw[off : off + size + 1]))
-    raw[off + size + 1 : off + size + 5] = bundle._mask(crc).to_bytes(4, "little")
+    raw[off + size + 1 : off + size + 5] = table.mask(crc).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="compression type 2.*TensorFlow's reader"):
         bundle.read_index(copy)

@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md section 3): formats, strict JSON, errors, quiet start-up.
+"""The command line (docs/reference.md): formats, strict JSON, errors, quiet start-up.
 
 A few commands run as real ``python -m tpuckpt_viz`` subprocesses (exit status, stderr free of
 TensorFlow's start-up noise, no traceback); the rest call ``cli.main`` in-process, which is the
@@ -119,8 +119,11 @@ def test_steps_table_subprocess(shared):
     assert proc.returncode == 0, proc.stderr
     assert_quiet(proc.stderr)
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == list(cli.STEPS_COLUMNS)
+    assert lines[0].split() == list(cli.STEPS_TABLE)
     assert [ln.split()[0] for ln in lines[1:]] == ["0", "999", "1000"]
+    # not a terminal: whole values, one line per row (the checkpoint path is not cut)
+    assert all(ln.rstrip().endswith(f"model.ckpt-{s}") for ln, s in zip(lines[1:],
+                                                                      ("0", "999", "1000")))
 
 
 def test_demo_subprocess(tmp_path):
@@ -162,7 +165,7 @@ def test_list_formats(capsys, shared, fmt):
         records = list(csv.DictReader(io.StringIO(out)))
     else:
         lines = out.splitlines()
-        assert lines[0].split() == list(cli.LIST_COLUMNS)
+        assert lines[0].split() == list(cli.LIST_TABLE)
         records = lines[1:]
     assert len(records) == 60
 
@@ -171,7 +174,7 @@ def test_list_default_format_is_table(capsys, shared):
     status, out, _ = in_process(capsys, "list", shared / "tf2onnx_regression" / "checkpoint")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].startswith("key") and len(lines) == 3
+    assert lines[0].startswith("name") and lines[0].rstrip().endswith("key") and len(lines) == 3
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
@@ -281,3 +284,123 @@ def test_demo_default_folder_is_the_isolated_one():
     from tpuckpt_viz import config
 
     assert "pytest" in str(config.demo_dir()) or "tmp" in str(config.demo_dir())
+
+
+# ------------------------------------------------------------- tables and progress
+
+def test_table_columns_hold_the_contract_fields():
+    for table, contract in ((cli.LIST_TABLE, cli.LIST_COLUMNS), (cli.STATS_TABLE,
+                            cli.STATS_COLUMNS), (cli.DIFF_TABLE, cli.DIFF_COLUMNS),
+                            (cli.STEPS_TABLE, cli.STEPS_COLUMNS)):
+        assert sorted(table) == sorted(contract)
+        assert table[-1].startswith(("key", "checkpoint")) and "name" in table[:2]
+
+
+def test_table_wraps_to_width_and_cuts_nothing():
+    from tpuckpt_viz.cli.output import write
+
+    key = "model/layer_with_weights-0/" * 6 + "kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    records = [{"key": key, "name": "dense/kernel", "shape": [1024, 4096], "l2": 1.5}]
+    buf = io.StringIO()
+    write(records, "table", ["key", "name", "shape", "l2"], buf,
+          table_columns=["name", "shape", "l2", "key"], width=60)
+    lines = buf.getvalue().splitlines()
+    assert max(len(ln) for ln in lines) <= 60 and len(lines) > 3
+    assert lines[0].split() == ["name", "shape", "l2", "key"]
+    # the key, folded over several lines of its cell, is all there
+    assert "".join(ln.split()[-1] for ln in lines[2:]) == key
+
+
+def test_table_to_a_pipe_keeps_each_row_on_one_line():
+    from tpuckpt_viz.cli.output import write
+
+    long = "x" * 500
+    buf = io.StringIO()  # not a terminal
+    write([{"name": long, "key": "k"}], "table", ["key", "name"], buf,
+          table_columns=["name", "key"])
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].split() == [long, "k"]
+
+
+def test_infer_table_shows_all_60_numbers():
+    from tpuckpt_viz.cli.output import write_object
+
+    values = [round(0.001 * i + 1.5, 4) for i in range(60)]
+    result = {"device": "/device:CPU:0", "outputs": {"output_0": [values]}, "latency_ms": 3.5,
+              "restore": None}
+    for width in (50, None):
+        buf = io.StringIO()
+        write_object(result, "table", buf, width=width)
+        text = buf.getvalue()
+        value_cells = "".join(ln[ln.index("outputs.output_0"):].split(None, 1)[-1]
+                              if "outputs.output_0" in ln else ln.strip()
+                              for ln in text.splitlines()
+                              if "outputs.output_0" in ln or ln.startswith(" "))
+        assert json.loads(value_cells) == [values], text
+    buf = io.StringIO()
+    write_object(result, "csv", buf)
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert [r["field"] for r in rows] == ["device", "outputs", "latency_ms", "restore"]
+    assert json.loads(rows[1]["value"]) == {"output_0": [values]}
+
+
+@pytest.mark.parametrize("command", ["stats", "steps"])
+def test_catastrophic_pattern_returns_at_once(capsys, tf, tmp_path, command):
+    import time
+
+    long_name = "a" * 5000
+    for i in range(2):
+        tf.train.Checkpoint(**{long_name: tf.Variable([float(i)])}).write(
+            str(tmp_path / f"ckpt-{i}"))
+    target = tmp_path / "ckpt-1" if command == "stats" else tmp_path
+    start = time.monotonic()
+    status, out, err = in_process(capsys, command, target, "--match", "(.*.*.*)*!",
+                                  "--format", "json")
+    assert time.monotonic() - start < 10
+    assert status == 0, err
+    assert strict_json(out) == []
+    status, out, err = in_process(capsys, command, target, "--match", "a{5}",
+                                  "--format", "json")
+    assert status == 0 and len(strict_json(out)) == (1 if command == "stats" else 2)
+
+
+@pytest.mark.parametrize("pattern,word", [("(?<=a)b", "not supported"), ("(", "missing )")])
+def test_unsupported_pattern_is_one_line(capsys, shared, pattern, word):
+    path = shared / "tf2onnx_regression" / "checkpoint"
+    status, out, err = in_process(capsys, "stats", path, "--match", pattern)
+    assert status == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: --match") and word in err
+
+
+def test_progress_says_checkpoints_for_steps(shared):
+    env_run = run_cli_env({"TPUCKPT_PROGRESS": "always"}, "steps",
+                          shared / "tfx_chicago_taxi_estimator", "--match", "hiddenlayer_0/kernel$")
+    assert env_run.returncode == 0, env_run.stderr
+    assert "3/3 checkpoints" in env_run.stderr
+    proc = run_cli("stats", shared / "tf2onnx_regression" / "checkpoint", "--progress", "always")
+    assert proc.returncode == 0 and "2/2 tensors" in proc.stderr
+    quiet = run_cli("stats", shared / "tf2onnx_regression" / "checkpoint")
+    assert quiet.stderr == ""  # auto: stderr is not a terminal here
+
+
+def test_progress_closes_its_line_when_the_work_fails(shared):
+    proc = run_cli("stats", shared / "t5x_mtf_tiny_t5_PARTIAL", "--progress", "always")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert "tensors" in lines[0] and "/105 tensors" in lines[0]
+    assert lines[-1].startswith("error: missing data file") and len(lines) == 2
+
+
+def test_bad_progress_setting_is_one_line(shared):
+    proc = run_cli_env({"TPUCKPT_PROGRESS": "sometimes"}, "stats",
+                       shared / "tf2onnx_regression" / "checkpoint")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: TPUCKPT_PROGRESS='sometimes' is not valid: it takes "
+                                   "one of auto, always, never")
+
+
+def run_cli_env(extra: dict, *args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "tpuckpt_viz", *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)

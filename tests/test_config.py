@@ -13,12 +13,16 @@ import pytest
 
 from tpuckpt_viz import config
 from tpuckpt_viz.cli import commands as cli
+from tpuckpt_viz.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SAMPLE = {"roots": "/data", "address": "0.0.0.0", "port": "8600", "model": "pkg.mod:build",
           "upload_mb": "5", "slice_mb": "3", "chunk_mb": "1", "cache_entries": "9",
-          "allow_unsafe_ops": "1", "demo_dir": "/tmp/demo-x"}
+          "allow_unsafe_ops": "1", "demo_dir": "/tmp/demo-x", "progress": "never"}
+BAD = {"port": ["abc", "0", "70000"], "upload_mb": ["-1", "1.5"], "slice_mb": ["0"],
+       "chunk_mb": ["-1", "lots"], "cache_entries": ["many"], "allow_unsafe_ops": ["maybe", "2"],
+       "progress": ["sometimes"]}
 
 
 def test_settings_table_is_well_formed():
@@ -26,8 +30,12 @@ def test_settings_table_is_well_formed():
     assert len(set(names)) == len(names)
     for s in config.SETTINGS:
         assert s.env.startswith("TPUCKPT_") and s.env == s.env.upper()
-        assert s.flag.startswith("--") and s.help.strip()
+        assert s.flag.startswith("--") and s.help.strip() and s.commands
+        assert s.kind in config.KINDS and (s.kind != "choice" or s.default in s.choices)
+        if s.default:
+            s.parse(s.default)  # every default is valid
     assert set(SAMPLE) == set(names), "add a sample value for the new setting"
+    assert set(BAD) <= set(names)
 
 
 @pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.name)
@@ -39,11 +47,54 @@ def test_readme_documents_every_setting(setting):
     assert setting.flag in text, f"README.md does not mention {setting.flag}"
 
 
+def _flag_args(setting) -> list[str]:
+    return [setting.flag] if setting.kind == "bool" else [setting.flag, SAMPLE[setting.name]]
+
+
 @pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.name)
-def test_serve_accepts_every_flag(setting):
-    args = [setting.flag] if setting.name == "allow_unsafe_ops" else [setting.flag,
-                                                                      SAMPLE[setting.name]]
-    cli.build_parser().parse_args(["serve", *args])
+def test_commands_accept_every_flag(setting):
+    parser = cli.build_parser()
+    for command in setting.commands:
+        positional = {"diff": ["a", "b"], "serve": []}.get(command, ["p"])
+        args = parser.parse_args([command, *positional, *_flag_args(setting)])
+        assert getattr(args, setting.name) not in (None, [])
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_malformed_setting_is_a_clear_error(monkeypatch, name):
+    row = config.setting(name)
+    for bad in BAD[name]:
+        monkeypatch.setenv(row.env, bad)
+        with pytest.raises(UserError) as err:
+            config.value(name)
+        message = str(err.value)
+        assert message.startswith(f"{row.env}={bad!r} is not valid: it takes ")
+        assert "\n" not in message
+        with pytest.raises(UserError):
+            config.check_all()
+        monkeypatch.delenv(row.env)
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"TPUCKPT_PORT": "abc"}, ["TPUCKPT_PORT='abc'", "from 1 to 65535"]),
+    ({"TPUCKPT_CHUNK_MB": "-1"}, ["TPUCKPT_CHUNK_MB='-1'", "at least 1"]),
+    ({"TPUCKPT_ALLOW_UNSAFE_OPS": "maybe"}, ["TPUCKPT_ALLOW_UNSAFE_OPS='maybe'", "1 or 0"]),
+])
+def test_serve_refuses_a_malformed_setting(monkeypatch, capsys, env, words):
+    monkeypatch.setattr(cli.os, "execvpe", lambda *a: pytest.fail("the server started"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert all(w in err for w in words), err
+
+
+def test_malformed_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["serve", "--port", "abc"])
+    assert exit_.value.code == 2
+    assert "--port: 'abc' is not valid: it takes a whole number" in capsys.readouterr().err
 
 
 def test_serve_passes_flags_on_as_environment(monkeypatch, tmp_path):
@@ -58,15 +109,16 @@ def test_serve_passes_flags_on_as_environment(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli.os, "execvpe", fake_exec)
     argv = ["serve", "ckpt_dir"]
-    for s in config.SETTINGS:
-        argv += [s.flag] if s.name == "allow_unsafe_ops" else [s.flag, SAMPLE[s.name]]
+    served = [s for s in config.SETTINGS if "serve" in s.commands]
+    for s in served:
+        argv += _flag_args(s)
     args = cli.build_parser().parse_args(argv)
     with pytest.raises(Exec):
         cli.COMMANDS["serve"](args)
     env = captured["env"]
-    for s in config.SETTINGS:
-        if s.name not in ("address", "port"):  # those go to Streamlit's own flags
-            assert env[s.env] == SAMPLE[s.name], s.env
+    for s in served:
+        assert env[s.env] == SAMPLE[s.name], s.env
+    assert captured["argv"][captured["argv"].index("--server.maxUploadSize") + 1] == "5"
     assert captured["argv"][captured["argv"].index("--server.port") + 1] == "8600"
     assert captured["argv"][captured["argv"].index("--server.address") + 1] == "0.0.0.0"
     assert captured["argv"][-2:] == ["--ckpt", "ckpt_dir"]
@@ -99,11 +151,13 @@ def test_get_defaults_and_environment(monkeypatch):
         monkeypatch.delenv(s.env, raising=False)
     assert config.get("port") == "8501" and config.get_int("slice_mb") == 64
     assert config.get_bool("allow_unsafe_ops") is False
+    assert config.value("progress") == "auto"
     monkeypatch.setenv("TPUCKPT_SLICE_MB", "12")
-    monkeypatch.setenv("TPUCKPT_CHUNK_MB", "lots")  # malformed: the default
+    monkeypatch.setenv("TPUCKPT_CHUNK_MB", " ")  # blank: the default
     monkeypatch.setenv("TPUCKPT_ALLOW_UNSAFE_OPS", "yes")
+    monkeypatch.setenv("TPUCKPT_PROGRESS", "Never")
     assert config.get_int("slice_mb") == 12 and config.get_int("chunk_mb") == 8
-    assert config.get_bool("allow_unsafe_ops") is True
+    assert config.get_bool("allow_unsafe_ops") is True and config.value("progress") == "never"
 
 
 def test_demo_dir(monkeypatch, tmp_path):

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from tpuckpt_viz.checkpoint.reader import open_checkpoint
-from tpuckpt_viz.engine.diff import checkpoint_step, diff_checkpoints, first_nonfinite, run_steps
+from tpuckpt_viz.engine.diff import (
+    checkpoint_step,
+    checkpoint_step_info,
+    diff_checkpoints,
+    file_number,
+    first_nonfinite,
+    run_order,
+    run_steps,
+)
 from tpuckpt_viz.errors import UserError
 
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -164,14 +172,14 @@ def test_first_nonfinite_finds_the_nan_step(nan_run):
     records = run_steps(str(folder))
     bad = first_nonfinite(records)
     assert bad is not None
-    assert (bad["step"], bad["name"], bad["nan"], bad["inf"]) == (NAN_STEP, "Variable", 3, 0)
-    assert [r["nan"] for r in records if r["name"] == "Variable"] == [0, 3, 0]
+    assert (bad["step"], bad["name"], bad["nan"], bad["inf"]) == (NAN_STEP, "w", 3, 0)
+    assert [r["nan"] for r in records if r["name"] == "w"] == [0, 3, 0]
     assert first_nonfinite([r for r in records if r["step"] != NAN_STEP]) is None
 
 
 def test_steps_numbers(nan_run):
     folder, values = nan_run
-    rows = {r["step"]: r for r in run_steps(str(folder)) if r["name"] == "Variable"}
+    rows = {r["step"]: r for r in run_steps(str(folder)) if r["name"] == "w"}
     first = rows[10]
     assert first["delta_l2"] is None and first["update_ratio"] is None
     l2 = {s: float(np.linalg.norm(v[np.isfinite(v)].astype(np.float64)))
@@ -187,7 +195,7 @@ def test_steps_numbers_without_nan(tf, tmp_path):
     for i, scale in enumerate((1.0, 1.5, 3.0)):
         tf.train.Checkpoint(w=tf.Variable(w * scale)).write(str(tmp_path / f"ckpt-{i}"))
     rows = [r for r in run_steps(str(tmp_path)) if r["kind"] != "counter"]
-    rows = [r for r in rows if r["name"] == "Variable"]
+    rows = [r for r in rows if r["name"] == "w"]
     norm = float(np.linalg.norm(w.astype(np.float64)))
     assert [r["step"] for r in rows] == [0, 1, 2]  # the number in the file name
     assert rows[0]["delta_l2"] is None and rows[0]["update_ratio"] is None
@@ -233,12 +241,12 @@ def test_keras3_demo_pairs_by_name(demo_run):
     assert kernel["key_a"] != kernel["key_b"]
     assert kernel["key_a"].startswith("model/") and kernel["key_b"].startswith("optimizer/")
     assert kernel["status"] == "changed" and kernel["delta_l2"] > 0
-    assert kernel["shape_a"] == kernel["shape_b"] == [4, 16]
+    assert kernel["shape_a"] == kernel["shape_b"] == [32, 32]
     moving = rows["batch_norm/moving_mean"]
     assert moving["status"] == "changed" and moving["key_a"] == moving["key_b"]
     # the Adam slots exist only once the optimizer has been built
     assert rows["adam/dense_kernel_momentum"]["status"] == "added"
-    assert rows["global_step"]["status"] == "changed"
+    assert rows["step"]["status"] == "changed"  # the object path: a bare full_name says less
 
 
 def test_keras3_demo_by_key_lists_added_and_removed(demo_run):
@@ -254,7 +262,74 @@ def test_keras3_demo_by_key_lists_added_and_removed(demo_run):
 
 def test_keras3_demo_steps(demo_run):
     records = run_steps(str(demo_run), match="^dense/kernel$")
-    assert [r["step"] for r in records] == [0, 60, 120, 180, 240, 300]
+    assert [r["step"] for r in records] == [0, 50, 100, 150, 200, 250, 300]
+    assert [r["label"] for r in records][:2] == ["step 0", "step 50"]
     assert records[0]["delta_l2"] is None
-    # raw keys change from ckpt-0 to ckpt-60, names do not: the delta is still computed
+    # raw keys change from ckpt-0 to ckpt-50, names do not: the delta is still computed
     assert all(r["delta_l2"] is not None and r["delta_l2"] > 0 for r in records[1:])
+
+
+def test_demo_diverging_run_first_nan_at_its_step(demo_run):
+    from tpuckpt_viz import demo
+
+    records = run_steps(str(demo_run / demo.DIVERGING), kinds=["weight"])
+    bad = first_nonfinite(records)
+    assert bad is not None and bad["step"] == demo.NAN_STEP
+    assert sorted({r["step"] for r in records}) == [0, 50, 100, 150, 200]
+
+
+# ------------------------------------------------------------------------ true steps
+
+def _manager_run(tf, folder, numbers, nan_at=None, step_var=False):
+    """A CheckpointManager run of one variable, saved with ``checkpoint_number=n`` for each
+    of ``numbers`` (None: without it); NaN written into ``w`` from save ``nan_at`` on."""
+    w = tf.Variable(np.ones(6, np.float32))
+    kwargs = {"w": w}
+    if step_var:
+        kwargs["step"] = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(**kwargs)
+    manager = tf.train.CheckpointManager(ckpt, str(folder), max_to_keep=None)
+    for i, number in enumerate(numbers):
+        if step_var:
+            kwargs["step"].assign(1000 + i)
+        if nan_at is not None and i >= nan_at:
+            w.assign(np.full(6, np.nan, np.float32))
+        manager.save(checkpoint_number=number) if number is not None else manager.save()
+
+
+def test_checkpoint_number_is_the_step(tf, tmp_path):
+    """save_counter counts 1..4; the files (and so the steps) are 0/100/200/300."""
+    _manager_run(tf, tmp_path, [0, 100, 200, 300], nan_at=2)
+    records = run_steps(str(tmp_path))
+    assert sorted({r["step"] for r in records}) == [0, 100, 200, 300]
+    assert first_nonfinite(records)["step"] == 200
+    order = run_order([str(tmp_path / f"ckpt-{n}") for n in (300, 0, 200, 100)])
+    assert [d["step"] for d in order] == [0, 100, 200, 300]
+    assert {d["step_source"] for d in order} == {"file name"}
+
+
+def test_without_checkpoint_number_save_counter_numbers_the_files(tf, tmp_path):
+    _manager_run(tf, tmp_path, [None, None, None])
+    records = run_steps(str(tmp_path))
+    assert sorted({r["step"] for r in records}) == [1, 2, 3]
+
+
+def test_step_variable_wins(tf, tmp_path):
+    _manager_run(tf, tmp_path, [0, 100], step_var=True)
+    ckpt = open_checkpoint(str(tmp_path / "ckpt-100"))
+    assert checkpoint_step_info(ckpt) == (1001, "step variable")
+
+
+def test_unnumbered_run_is_labelled_by_save(tf, tmp_path):
+    for name in ("first", "second"):
+        tf.train.Checkpoint(w=tf.Variable(np.ones(3, np.float32))).write(str(tmp_path / name))
+    order = run_order([str(tmp_path / "second"), str(tmp_path / "first")])
+    assert [d["label"] for d in order] == ["save 1", "save 2"]
+    assert all(d["step"] is None for d in order)
+
+
+@pytest.mark.parametrize("prefix, number", [
+    ("run/ckpt-300", 300), ("run/model.ckpt-1000", 1000), ("run/bert_lite_tf2.ckpt", None),
+    ("run/checkpoint", None), ("run/weights.05.weights.h5", 5), ("epoch_0/checkpoint", None)])
+def test_file_number(prefix, number):
+    assert file_number(prefix) == number

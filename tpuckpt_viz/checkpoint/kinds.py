@@ -40,7 +40,10 @@ COUNTER_NAMES = {"global_step", "save_counter", "step", "total_samples", "total_
                  "epoch", "num_steps"}
 STAT_NAMES = {"moving_mean", "moving_variance", "moving_avg", "moving_average", "renorm_mean",
               "renorm_stddev", "running_mean", "running_var", "running_variance", "mean",
-              "variance", "ExponentialMovingAverage", "ema"}
+              "variance", "ExponentialMovingAverage", "ema",
+              # hand-written TF1 batch norms (no .meta to say so)
+              "pop_mean", "pop_var", "pop_variance", "population_mean", "population_var",
+              "population_variance", "running_avg", "avg_mean", "avg_var"}
 NORM_ALWAYS = {"gamma", "beta"}
 NORM_IN_NORM_LAYER = {"scale", "offset", "weight", "bias", "g", "b"}
 BIAS_NAMES = {"bias", "biases", "b", "bias_weights", "bias_hh", "bias_ih", "bias_0"}
@@ -127,13 +130,35 @@ def _name_kind(key: str, name: str, dtype: str, ndim: int) -> tuple[str, str | N
     return "other", parent
 
 
+# Kinds a checkpoint's own metadata can state for an entry (``hints``): the plain kinds, plus
+# "trainable" and "model" (TF1 collections): such a variable is a model parameter, never a
+# slot, counter or optimizer scalar, whatever its name says ("trainable": never a statistic).
+HINT_KINDS = {"weight", "bias", "norm", "stat", "slot", "optimizer", "counter", "metric",
+              "other", "trainable", "model"}
+
+
+def _hinted(key: str, name: str, dtype: str, ndim: int, hint: tuple[str, str | None]):
+    kind, slot = hint
+    if kind in ("trainable", "model"):
+        base, layer = _name_kind(key, name, dtype, ndim)
+        allowed = ("weight", "bias", "norm") if kind == "trainable" else (
+            "weight", "bias", "norm", "stat")
+        return Grouping(base if base in allowed else "weight", layer, None, None)
+    if kind in ("weight", "bias", "norm", "stat"):
+        return Grouping(kind, _name_kind(key, name, dtype, ndim)[1], None, None)
+    return Grouping(kind, None, None, slot)
+
+
 def classify(key: str, name: str, dtype: str, ndim: int, keys: set[str],
-             graph_slots: dict[str, tuple[str, str]], names: dict[str, str]) -> Grouping:
+             graph_slots: dict[str, tuple[str, str]], names: dict[str, str],
+             hints: dict[str, tuple[str, str | None]] | None = None) -> Grouping:
     """Group one checkpoint entry.
 
     ``keys`` holds every raw key of the checkpoint (a TF1 slot is linked only when its
     variable exists), ``graph_slots`` the object graph's slot links (slot key -> (variable
     key, slot name)) and ``names`` the readable name of every key (for the slot's layer).
+    ``hints`` (key -> (kind, slot name)) is what the checkpoint's own metadata says an entry
+    is (a Keras file's layout, a TF1 graph's collections): it comes before the name rules.
     """
 
     def slot_of(var_key: str, slot: str) -> Grouping:
@@ -143,6 +168,9 @@ def classify(key: str, name: str, dtype: str, ndim: int, keys: set[str],
 
     if key in graph_slots:
         return slot_of(*graph_slots[key])
+    hint = hints.get(key) if hints else None
+    if hint is not None and hint[0] in HINT_KINDS:
+        return _hinted(key, name, dtype, ndim, hint)
     match = _OPT_SLOT_KEY.match(key)
     if match:
         var_key = match.group("var") + VALUE_SUFFIX
@@ -171,13 +199,16 @@ def classify(key: str, name: str, dtype: str, ndim: int, keys: set[str],
 
 
 def readable_names(keys: list[str], full_names: dict[str, str]) -> dict[str, str]:
-    """Readable name per key: the object graph's ``full_name`` where it is unique, else the
-    object path (the key without ``/.ATTRIBUTES/VARIABLE_VALUE``).
+    """Readable name per key: the object graph's ``full_name`` where it holds a ``/`` and is
+    unique, else the object path (the key without ``/.ATTRIBUTES/VARIABLE_VALUE``).
 
-    Unnamed ``tf.Variable``s are all called ``Variable`` and metric accumulators ``total``:
-    those fall back to their object path so that names stay unique within a checkpoint.
+    A bare ``full_name`` says less than the object path: ``tf.train.Checkpoint(encoder=m,
+    step=tf.Variable(0))`` shows ``encoder/w`` and ``step``, never ``w`` or ``Variable``
+    (DESIGN.md section 3). Repeated names (metric accumulators ``total``) fall back to their
+    object path so that names stay unique within a checkpoint.
     """
-    proposed = {key: full_names.get(key) or object_path(key) for key in keys}
+    proposed = {key: full_names[key] if "/" in full_names.get(key, "") else object_path(key)
+                for key in keys}
     result = _fallback_duplicates(proposed)
     # A full_name may still equal another key's object path: those fall back too.
     return _fallback_duplicates(result)

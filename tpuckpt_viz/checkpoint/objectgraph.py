@@ -47,6 +47,38 @@ def _slot_name(list_name: str) -> str:
     return name
 
 
+def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) -> None:
+    """TF 2.11-2.15 Keras optimizers: slots in ``_variables`` and in lists such as
+    ``_momentums``, ``_velocities``, ``_accumulators`` parallel to the trainable variables the
+    optimizer was built for, but no ``_trainable_variables`` list and no ``slot_variables``.
+    Each slot's ``full_name`` is ``<Optimizer>/<slot>/<variable's full_name>``
+    (``Adam/m/lstm/lstm_cell/kernel``): that names its variable."""
+    by_name: dict[str, str] = {}
+    for key, name in info.full_names.items():
+        if not key.startswith("optimizer/"):
+            by_name.setdefault(name, key)
+    for list_name, list_id in children.items():
+        if list_name in _NOT_SLOT_LISTS or list_name == "_index_dict" or \
+                not list_name.startswith("_"):
+            continue
+        items = graph.nodes[list_id].children
+        if not items or not all(c.local_name.isdigit() for c in items):
+            continue
+        for child in items:
+            slot_key = node_key.get(child.node_id)
+            full = info.full_names.get(slot_key or "", "")
+            parts = full.split("/")
+            var_key, slot = None, _slot_name(list_name)
+            for start in range(1, len(parts)):  # the longest variable name that fits
+                var_key = by_name.get("/".join(parts[start:]))
+                if var_key:
+                    if start == 2:
+                        slot = parts[1]  # TensorFlow's own slot name: "m", "velocity", ...
+                    break
+            if slot_key and var_key and slot_key != var_key:
+                info.slots.setdefault(slot_key, (var_key, slot))
+
+
 def parse(serialized: bytes) -> ObjectGraphInfo:
     """Read a serialized ``TrackableObjectGraph`` into names and slot links."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2
@@ -66,7 +98,8 @@ def parse(serialized: bytes) -> ObjectGraphInfo:
                     info.full_names[attr.checkpoint_key] = attr.full_name
         if node.slot_variables:
             optimizers.append((node, True))
-        elif len(node.children) < 64 and any(c.local_name == "_trainable_variables"
+        elif len(node.children) < 64 and any(c.local_name in ("_trainable_variables",
+                                                              "_index_dict")
                                               for c in node.children):
             optimizers.append((node, False))
 
@@ -81,6 +114,8 @@ def parse(serialized: bytes) -> ObjectGraphInfo:
         # Keras 3 optimizers: lists parallel to _trainable_variables.
         children = {child.local_name: child.node_id for child in node.children}
         if "_trainable_variables" not in children:
+            if "_index_dict" in children:
+                _link_by_name(graph, children, node_key, info)
             continue
         trainable = {c.local_name: node_key.get(c.node_id)
                      for c in graph.nodes[children["_trainable_variables"]].children}

@@ -1,8 +1,11 @@
 """What a path means: which checkpoint(s) a user-given PATH stands for.
 
 PATH may be a directory (its latest checkpoint), a prefix, an ``.index`` or ``.data-*`` file,
-a SavedModel directory (its ``variables/variables`` checkpoint), a checkpoint state file, or a
-legacy V1 TensorSlice file, on any ``tf.io.gfile`` filesystem (local, ``gs://``, ``ram://``).
+a SavedModel directory (its ``variables/variables`` checkpoint) or its ``saved_model.pb``, a
+folder of numbered SavedModel versions (the newest), a TF1 ``.meta`` file (its checkpoint), a
+checkpoint state file, a legacy V1 TensorSlice file, or a Keras file (``.weights.h5``, ``.keras``,
+``.h5``; HDF5 is told by its bytes, whatever the name) or a folder of them (a ``ModelCheckpoint``
+run), on any ``tf.io.gfile`` filesystem (local, ``gs://``, ``ram://``).
 
 We resolve paths ourselves instead of trusting ``tf.train.latest_checkpoint``: TensorFlow
 follows a state file's absolute paths blindly (they go stale when a run is copied down from
@@ -11,9 +14,11 @@ follows a state file's absolute paths blindly (they go stale when a run is copie
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
+from tpuckpt_viz.checkpoint import formats, remote
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
 
@@ -28,7 +33,9 @@ class Resolved:
     """A resolved checkpoint: the exact prefix to open, and what the user pointed at."""
 
     prefix: str
-    format: str  # "v2" (bundle: PREFIX.index + PREFIX.data-*) or "v1" (TensorSlice file)
+    # "v2" (bundle: PREFIX.index + PREFIX.data-*), "v1" (TensorSlice file) or "keras" (a Keras
+    # .weights.h5 / .keras / .h5 file, read with h5py; prefix is the file)
+    format: str
     saved_model_dir: str | None = None
     run_dir: str | None = None
 
@@ -54,6 +61,10 @@ def _basename(path: str) -> str:
 
 
 def _exists(path: str) -> bool:
+    if remote.handles(path):  # gs:// and other fsspec URLs: a failure is an error, not False
+        return remote.exists(path)
+    if formats.is_local(path):  # no TensorFlow import for local files (Keras files need none)
+        return os.path.exists(path)
     try:
         return _gfile().exists(path)
     except Exception:  # gfile raises for unknown schemes or unreachable buckets
@@ -61,6 +72,10 @@ def _exists(path: str) -> bool:
 
 
 def _isdir(path: str) -> bool:
+    if remote.handles(path):
+        return remote.isdir(path)
+    if formats.is_local(path):
+        return os.path.isdir(path)
     try:
         return _gfile().isdir(path)
     except Exception:
@@ -68,6 +83,13 @@ def _isdir(path: str) -> bool:
 
 
 def _listdir(path: str) -> list[str]:
+    if remote.handles(path):
+        return remote.listdir(path)
+    if formats.is_local(path):
+        try:
+            return sorted(os.listdir(path))
+        except OSError as exc:
+            raise UserError(f"cannot list {path}: {exc.strerror or exc}") from None
     try:
         return sorted(name.rstrip("/") for name in _gfile().listdir(path))
     except Exception as exc:
@@ -90,21 +112,114 @@ def is_saved_model(path: str) -> bool:
 
 
 def _foreign_format(path: str) -> str | None:
-    """A message for files and folders of other frameworks that people mistake for ours."""
+    """A message for files and folders of other frameworks that people mistake for ours
+    (Keras files themselves are read: see :mod:`tpuckpt_viz.checkpoint.keras`)."""
     name = _basename(path).lower()
-    if name.endswith(".keras"):
-        return (f"{path} is a Keras .keras archive, not a TensorFlow checkpoint: this tool reads "
-                "TensorFlow checkpoints (open it with keras.saving.load_model, or save with "
-                "tf.train.Checkpoint)")
-    if name.endswith((".weights.h5", ".h5", ".hdf5")):
-        return (f"{path} is a Keras HDF5 weights file, not a TensorFlow checkpoint: this tool "
-                "reads TensorFlow checkpoints (PREFIX.index + PREFIX.data-*)")
+    if name.endswith(KERAS_SUFFIXES) and _exists(path) and not _isdir(path):
+        return (f"{path} is named like a Keras file but is neither HDF5 nor a .keras zip: it "
+                "may be truncated or of another format; save it again with model.save_weights "
+                "or model.save")
     if _isdir(path):
         names = set(_listdir(path))
         orbax = {"_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "_sharding", "d"}
         if names & orbax and not any(n.endswith(".index") for n in names):
             return (f"{path} looks like a JAX/Orbax checkpoint: this tool reads TensorFlow "
                     "checkpoints (PREFIX.index + PREFIX.data-*)")
+    return None
+
+
+# ------------------------------------------------------------------- Keras files and folders
+KERAS_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
+_KERAS_SUFFIX_RE = re.compile(r"(\.weights\.h5|\.keras|\.h5|\.hdf5)$", re.IGNORECASE)
+_FIRST_NUMBER_RE = re.compile(r"\d+")
+
+
+def keras_file_number(path: str) -> int | None:
+    """The epoch (or batch) in a ``ModelCheckpoint`` file name: the first number of the name
+    without its suffix (``w.03.weights.h5`` -> 3, ``model-12-0.41.keras`` -> 12)."""
+    stem = _KERAS_SUFFIX_RE.sub("", _basename(path))
+    match = _FIRST_NUMBER_RE.search(stem)
+    return int(match.group(0)) if match else None
+
+
+def _keras_order(path: str):
+    number = keras_file_number(path)
+    return (number is None, number if number is not None else 0, path)
+
+
+def _is_keras_file(path: str) -> bool:
+    from tpuckpt_viz.checkpoint.keras import looks_like_keras
+
+    return looks_like_keras(path)
+
+
+def keras_files(directory: str) -> list[str]:
+    """The Keras weight files directly in ``directory`` (told by their bytes), in run order:
+    by the number in the file name, the way ``ModelCheckpoint`` names them."""
+    found = []
+    for name in _listdir(directory):
+        full = _join(directory, name)
+        if (name.lower().endswith(KERAS_SUFFIXES) and not in_progress(name)
+                and not _isdir(full) and _is_keras_file(full)):
+            found.append(full)
+    return sorted(found, key=_keras_order)
+
+
+def saved_model_versions(directory: str) -> list[str]:
+    """Numbered SavedModel versions in ``directory`` (TF Serving's layout), oldest first."""
+    try:
+        names = _listdir(directory)
+    except UserError:
+        return []
+    versions = [n for n in names if n.isdigit() and is_saved_model(_join(directory, n))]
+    return [_join(directory, n) for n in sorted(versions, key=int)]
+
+
+def _family(path: str) -> str:
+    """A checkpoint's name with its numbers masked: saves of one run share it."""
+    return re.sub(r"\d+", "#", _KERAS_SUFFIX_RE.sub("", _basename(path)))
+
+
+def other_checkpoints(path: str) -> list[str]:
+    """Checkpoints in folder ``path`` other than the one it opens, when the folder holds
+    several unrelated checkpoints and no state file names one (empty otherwise).
+
+    Saves of one run (``ckpt-100``, ``ckpt-200``; ``w.01.weights.h5``, ``w.02...``) are not
+    unrelated: the folder is that run. The CLI prints these on stderr; the dashboard offers
+    them in a picker.
+    """
+    path = str(path).strip().rstrip("/") or "/"
+    if not _isdir(path) or is_saved_model(path) or _read_state(path) is not None:
+        return []
+    candidates = _index_prefixes(path) + keras_files(path)
+    if len({_family(c) for c in candidates}) < 2:
+        return []
+    try:
+        opened = resolve_checkpoint(path).prefix
+    except UserError:
+        return []
+    return [c for c in candidates if c != opened]
+
+
+def _resolve_file(stripped: str) -> Resolved | None:
+    """A file the user pointed at: a Keras file, a TF1 ``.meta``, a ``saved_model.pb``; a
+    message for model files of other formats; None for anything else (prefixes, V1 files,
+    state files go on through :func:`resolve_checkpoint`)."""
+    base = _basename(stripped)
+    if base in ("saved_model.pb", "saved_model.pbtxt"):
+        return resolve_checkpoint(_dirname(stripped))
+    if base.endswith(".meta"):
+        prefix = stripped[: -len(".meta")]
+        if _exists(prefix + ".index"):
+            return Resolved(prefix, "v2")
+        raise UserError(f"{stripped} is a TF1 graph (.meta) without its checkpoint: "
+                        f"{_basename(prefix)}.index is not beside it; copy the checkpoint's "
+                        ".index and .data-* files next to it")
+    if _is_keras_file(stripped):
+        return Resolved(stripped, "keras")
+    message = formats.foreign_message(stripped)
+    if message:
+        raise UserError(message)
     return None
 
 
@@ -119,8 +234,11 @@ def _read_state(directory: str):
     from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
     try:
-        with _gfile().GFile(state_path, "rb") as f:
-            raw = f.read(1 << 20)
+        if remote.handles(state_path):
+            raw = remote.read_range(state_path, 0, 1 << 20)
+        else:
+            with _gfile().GFile(state_path, "rb") as f:
+                raw = f.read(1 << 20)
         text = raw.decode("utf-8")
         return text_format.Parse(text, CheckpointState())
     except Exception:  # a garbage or binary state file: fall back to the *.index files
@@ -170,7 +288,7 @@ def run_checkpoints(path: str) -> list[str]:
     path = path.rstrip("/") or "/"
     if not _isdir(path):
         return [resolve_checkpoint(path).prefix]
-    if is_saved_model(path):
+    if is_saved_model(path) or saved_model_versions(path):
         return [resolve_checkpoint(path).prefix]
     found: dict[str, None] = {}
     state = _read_state(path)
@@ -182,6 +300,9 @@ def run_checkpoints(path: str) -> list[str]:
     for prefix in _index_prefixes(path):
         found.setdefault(prefix, None)
     if not found:
+        keras = keras_files(path) if state is None else []
+        if keras:  # a ModelCheckpoint run: by the epoch (or batch) in the file names
+            return keras
         return [resolve_checkpoint(path).prefix]  # a legacy V1 file, else the usual error
     return sorted(found, key=lambda p: (_step_number(p), p))
 
@@ -213,7 +334,8 @@ def _latest_in_dir(directory: str) -> str:
 
     def newest(prefix: str):
         try:
-            mtime = _gfile().stat(prefix + ".index").mtime_nsec
+            mtime = (remote.mtime_ns(prefix + ".index") if remote.handles(prefix)
+                     else _gfile().stat(prefix + ".index").mtime_nsec)
         except Exception:
             mtime = 0
         return (_step_number(prefix), mtime)
@@ -245,11 +367,9 @@ def _v1_in_dir(directory: str) -> str | None:
 
 def _is_v1_file(path: str) -> bool:
     """Whether ``path`` is a legacy V1 TensorSlice checkpoint file that TensorFlow can read."""
-    try:
-        tf().compat.v1.train.NewCheckpointReader(path)
-        return True
-    except Exception:
-        return False
+    from tpuckpt_viz import sandbox
+
+    return sandbox.is_tensorflow_checkpoint(path)  # in the worker: a crash ends only it
 
 
 def resolve_checkpoint(path: str) -> Resolved:
@@ -260,10 +380,15 @@ def resolve_checkpoint(path: str) -> Resolved:
     raw = str(path).strip()
     if not raw:
         raise UserError("no path given: pass a checkpoint folder, prefix or .index file")
+    stripped = raw.rstrip("/") or "/"
+    if (not stripped.endswith(".index") and not _DATA_RE.match(_basename(stripped))
+            and _exists(stripped) and not _isdir(stripped)):
+        resolved = _resolve_file(stripped)
+        if resolved is not None:
+            return resolved
     foreign = None if raw.endswith((".index",)) else _foreign_format(raw)
     if foreign and not _isdir(raw):
         raise UserError(foreign)
-    stripped = raw.rstrip("/") or "/"
     # A prefix that exists as a bundle wins over a folder of the same name: a trailing "/"
     # must not turn "run/ckpt" into a folder lookup (TensorFlow's helpers do that).
     if _exists(stripped + ".index") and not _isdir(stripped + ".index"):
@@ -288,6 +413,9 @@ def resolve_checkpoint(path: str) -> Resolved:
                 raise UserError(f"SavedModel {stripped} has no variables/variables.index: "
                                 "it holds no variables to browse")
             return Resolved(variables, "v2", saved_model_dir=stripped)
+        versions = saved_model_versions(stripped)
+        if versions:  # TF Serving's numbered versions: the newest, for every command
+            return resolve_checkpoint(versions[-1])
         if foreign:
             raise UserError(foreign)
         if in_progress(stripped):
@@ -296,6 +424,10 @@ def resolve_checkpoint(path: str) -> Resolved:
         v1 = None if _index_prefixes(stripped) else _v1_in_dir(stripped)
         if v1:
             return Resolved(v1, "v1", run_dir=stripped)
+        if not _index_prefixes(stripped) and _read_state(stripped) is None:
+            keras = keras_files(stripped)
+            if keras:  # a ModelCheckpoint folder: its latest epoch
+                return Resolved(keras[-1], "keras", run_dir=stripped)
         return Resolved(_latest_in_dir(stripped), "v2", run_dir=stripped)
     if _exists(stripped):
         if _basename(stripped) == STATE_FILE:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tpuckpt_viz import config
+from tpuckpt_viz import config, sandbox
 from tpuckpt_viz.checkpoint import bundle
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
@@ -136,8 +136,8 @@ class Checkpoint:
         """TensorFlow's ``CheckpointReader`` for the exact prefix (created once)."""
         with self._lock:
             if self._tf_reader is None:
-                try:
-                    self._tf_reader = tf().compat.v1.train.NewCheckpointReader(self.prefix)
+                try:  # in the worker process: a crash in TensorFlow's reader ends only it
+                    self._tf_reader = sandbox.CheckpointReader(self.prefix)
                 except Exception as exc:
                     raise UserError(f"TensorFlow cannot open {self.prefix}: {first_line(exc)}")
             return self._tf_reader
@@ -195,6 +195,8 @@ class Checkpoint:
     def read_raw(self, key: str):
         """The tensor as TensorFlow's reader returns it (bytes for a scalar string)."""
         self._check(key)
+        if self.streamable(key):  # plain numbers: our own reader; TensorFlow's for the rest
+            return bundle.read_tensor(self.index, key)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
@@ -239,5 +241,14 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str) -> Checkpoint:
-    """Resolve ``path`` (see :mod:`tpuckpt_viz.checkpoint.paths`) and open the checkpoint it names."""
-    return Checkpoint(resolve_checkpoint(path), path)
+    """Resolve ``path`` (see :mod:`tpuckpt_viz.checkpoint.paths`) and open the checkpoint it names
+    (a Keras file opens as a :class:`tpuckpt_viz.checkpoint.keras.KerasCheckpoint`, which has
+    the same interface)."""
+    resolved = resolve_checkpoint(path)
+    if resolved.format == "keras":
+        from tpuckpt_viz.checkpoint.keras import open_keras
+
+        ckpt = open_keras(resolved.prefix, path)
+        ckpt.resolved = resolved
+        return ckpt
+    return Checkpoint(resolved, path)

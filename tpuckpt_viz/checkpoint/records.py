@@ -31,11 +31,12 @@ def _build_records(ckpt: Checkpoint) -> list[dict]:
     keys = sorted(ckpt.entries)
     key_set = set(keys)
     names = readable_names(keys, graph.full_names)
+    hints = kind_hints(ckpt)
     records = []
     for key in keys:
         entry = ckpt.entries[key]
         group = classify(key, names[key], entry.dtype, len(entry.shape), key_set,
-                         graph.slots, names)
+                         graph.slots, names, hints)
         records.append({
             "key": key,
             "name": names[key],
@@ -49,6 +50,18 @@ def _build_records(ckpt: Checkpoint) -> list[dict]:
             "slot": group.slot,
         })
     return records
+
+
+def kind_hints(ckpt) -> dict:
+    """What the checkpoint's own metadata says each entry is: a Keras file's layout, else the
+    collections of a TF1 graph (a ``.meta`` beside the checkpoint, or a SavedModel's meta
+    graph). Empty when there is none."""
+    hints = getattr(ckpt, "kind_hints", None)
+    if hints is not None:
+        return hints
+    from tpuckpt_viz.checkpoint.metagraph import collection_hints
+
+    return collection_hints(ckpt)
 
 
 def slots_of(records: list[dict], key: str) -> list[dict]:

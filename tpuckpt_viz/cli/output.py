@@ -1,7 +1,11 @@
 """Print records as a table, JSON or CSV (the CLI's ``--format``).
 
 Kept free of pandas: the CLI's commands that only read tensors should not pay its import.
-JSON never holds NaN or Infinity (null instead), per DESIGN.md.
+JSON never holds NaN or Infinity (null instead), per docs/reference.md.
+
+Tables are drawn by ``rich``. On a terminal they fit its width and long values wrap inside
+their cell (``overflow="fold"``), never cut; written to a pipe or a file, every row stays on
+one line, as wide as its longest value, so ``grep`` and ``awk`` see whole values.
 """
 
 from __future__ import annotations
@@ -42,9 +46,58 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _numeric(values: list[Any]) -> bool:
+    present = [v for v in values if v is not None]
+    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 for v in present)
+
+
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def write_table(rows: list[list[Any]], columns: list[str], out: TextIO,
+                width: int | None = None) -> None:
+    """Draw ``rows`` (lists of values, in ``columns`` order) with rich.
+
+    ``width``: fold long values to fit this many characters; by default the terminal's width
+    when ``out`` is a terminal, else no limit (one line per row).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    fit = width is not None or _is_terminal(out)
+    console = Console(file=out, width=width if width is not None else (None if fit else 10**6),
+                      markup=False, highlight=False, emoji=False, soft_wrap=False,
+                      color_system="auto" if width is None and fit else None)
+    table = Table(box=box.SIMPLE_HEAD if fit else None, show_edge=False, pad_edge=False,
+                  header_style="bold" if fit else None)
+    for i, column in enumerate(columns):
+        numeric = _numeric([row[i] for row in rows])
+        table.add_column(column, overflow="fold", justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row])
+    if fit:
+        console.print(table)
+        return
+    with console.capture() as capture:
+        console.print(table)
+    out.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
+
+
 def write(records: list[dict], fmt: str, columns: Iterable[str] | None = None,
-          out: TextIO | None = None) -> None:
-    """Write ``records`` to ``out`` (stdout) as ``table``, ``json`` or ``csv``."""
+          out: TextIO | None = None, *, table_columns: Iterable[str] | None = None,
+          width: int | None = None) -> None:
+    """Write ``records`` to ``out`` (stdout) as ``table``, ``json`` or ``csv``.
+
+    JSON and CSV hold ``columns`` in that order (the contract); a table shows
+    ``table_columns`` (by default the same), which puts the readable name first and the raw
+    key last. ``width`` is for tables only (see :func:`write_table`).
+    """
     out = out or sys.stdout
     columns = list(columns) if columns else (list(records[0]) if records else [])
     rows = [{c: r.get(c) for c in columns} for r in records]
@@ -57,21 +110,38 @@ def write(records: list[dict], fmt: str, columns: Iterable[str] | None = None,
         for row in rows:
             writer.writerow([_cell(clean(row[c])) for c in columns])
     else:
-        cells = [[_cell(clean(row[c])) for c in columns] for row in rows]
-        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-        widths = [min(w, 80) for w in widths]
-        out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
-        for r in cells:
-            out.write("  ".join(v[:w].ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+        shown = list(table_columns) if table_columns else columns
+        write_table([[clean(r.get(c)) for c in shown] for r in records], shown, out, width)
 
 
-def write_object(obj: dict, fmt: str, out: TextIO | None = None) -> None:
-    """Write one object (``infer``'s result): JSON as is, table and CSV as key/value rows."""
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _json_cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(clean(value), allow_nan=False)
+    return value
+
+
+def write_object(obj: dict, fmt: str, out: TextIO | None = None, *,
+                 width: int | None = None) -> None:
+    """Write one object (``infer``'s result): JSON as is, CSV as ``field,value`` rows (lists
+    and objects as JSON), a table as one row per field with nested objects spelled out as
+    ``outputs.NAME``; every value whole (wrapped on a terminal, never cut)."""
     out = out or sys.stdout
     if fmt == "json":
         json.dump(clean(obj), out, indent=1, allow_nan=False)
         out.write("\n")
-        return
-    rows = [{"field": k, "value": json.dumps(clean(v), allow_nan=False)
-             if isinstance(v, (dict, list)) else v} for k, v in obj.items()]
-    write(rows, fmt, ["field", "value"], out)
+    elif fmt == "csv":
+        rows = [{"field": k, "value": _json_cell(v)} for k, v in obj.items()]
+        write(rows, fmt, ["field", "value"], out)
+    else:
+        write_table([[k, clean(_json_cell(v))] for k, v in _flatten(obj)], ["field", "value"],
+                    out, width)

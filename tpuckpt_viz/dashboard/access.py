@@ -2,13 +2,17 @@
 
 Local paths are resolved with realpath (so ``..`` and symlinks that lead out are caught) and
 must lie under a configured root (``--root`` / ``TPUCKPT_ROOTS``, else the folder the server
-was started in) or the demo folder. Remote paths (``gs://bucket/...``) need a root with the
+was started in) or the demo folder. Not only the path typed: every file that opening it reads
+(the ``.index`` and ``.data-*`` files of a checkpoint, the folder's state file, a SavedModel's
+``saved_model.pb``, ``variables/`` and ``assets/``) is resolved and checked too, so that a
+symlinked file inside a root cannot lead out of it (see :func:`opened_files`). Remote paths (``gs://bucket/...``) need a root with the
 same scheme and bucket. The command line does not use this: it runs with its user's rights.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from tpuckpt_viz import config
 from tpuckpt_viz.errors import UserError
@@ -64,4 +68,60 @@ def check_path(path: str, roots: list[str] | None = None) -> str:
         shown = ", ".join(roots)
         raise UserError(f"{path} is outside the allowed roots ({shown}): start the server with "
                         "--root DIR (or set TPUCKPT_ROOTS) to allow another folder")
+    if not _is_remote(resolved):
+        for file in opened_files(resolved):
+            real = os.path.realpath(file)
+            if not any(not _is_remote(r) and _under(real, r) for r in roots):
+                raise UserError(f"{file} is a link that leads outside the allowed roots: "
+                                f"{path} cannot be opened; copy the files into an allowed "
+                                "root, or start the server with --root DIR")
     return resolved
+
+
+_DATA_OR_INDEX = re.compile(r"^(?P<prefix>.+)\.(index|data-\d{5}-of-\d{5})$")
+_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "keras_metadata.pb")
+_MODEL_DIRS = ("variables", "assets", "assets.extra")
+_MAX_LISTED = 10_000
+
+
+def opened_files(path: str) -> list[str]:
+    """The local files (and folders) that opening ``path`` may read, for the roots check.
+
+    ``path`` (resolved) is a folder, a checkpoint prefix, an ``.index`` / ``.data-*`` file or
+    a V1 file. A folder: its state file ``checkpoint``; for a SavedModel, its
+    ``saved_model.pb`` (and the other files beside it) and everything under ``variables/``,
+    ``assets/`` and ``assets.extra/``. A prefix: its ``.index``, every ``.data-*`` shard, the
+    V1 file of that name, the state file beside it, and for ``variables/variables`` the
+    SavedModel around it. Names are listed without following links; the caller resolves each.
+    """
+    if os.path.isdir(path):
+        files = [os.path.join(path, n) for n in ("checkpoint",) + _MODEL_FILES]
+        files = [f for f in files if os.path.lexists(f)]
+        for sub in _MODEL_DIRS:
+            folder = os.path.join(path, sub)
+            if os.path.lexists(folder):
+                files.append(folder)
+                files += _walk(folder)
+        return files
+    match = _DATA_OR_INDEX.match(os.path.basename(path))
+    folder = os.path.dirname(path)
+    base = match.group("prefix") if match else os.path.basename(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    files = [os.path.join(folder, n) for n in names
+             if n in (base, base + ".index", "checkpoint") or n.startswith(base + ".data-")]
+    if base == "variables" and os.path.basename(folder) == "variables":
+        files += opened_files(os.path.dirname(folder))
+    return files
+
+
+def _walk(folder: str) -> list[str]:
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # links are listed, not followed
+        found += [os.path.join(dirpath, n) for n in dirnames + filenames]
+        if len(found) > _MAX_LISTED:
+            raise UserError(f"{folder} holds more than {_MAX_LISTED:,} files: it is not a "
+                            "SavedModel's own folder")
+    return found

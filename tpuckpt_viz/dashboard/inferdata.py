@@ -20,7 +20,9 @@ def output_table(value) -> pd.DataFrame:
     if arr.dtype == ml_dtypes.bfloat16:
         arr = arr.astype(np.float32)
     if arr.dtype.kind in "OS":
-        arr = np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else v, 1, 1)(arr)
+        # (a 0-d array gives back a plain object from frompyfunc: keep it an array)
+        arr = np.asarray(np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else v,
+                                       1, 1)(arr), dtype=object)
     if arr.ndim == 0:
         arr = arr.reshape(1, 1)
     elif arr.ndim == 1:
@@ -28,6 +30,57 @@ def output_table(value) -> pd.DataFrame:
     else:
         arr = arr.reshape(arr.shape[0], -1)
     return pd.DataFrame(arr, columns=[str(i) for i in range(arr.shape[1])])
+
+
+def summary_table(arrays: dict) -> pd.DataFrame:
+    """One row per output (or input): dtype, shape, and min, max, mean, std over the finite
+    values, NaN and Inf counts; for strings the first value."""
+    rows = []
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype == ml_dtypes.bfloat16:
+            arr = arr.astype(np.float32)
+        row = {"name": name, "dtype": str(value.dtype) if hasattr(value, "dtype") else "",
+               "shape": "[" + ", ".join(map(str, arr.shape)) + "]", "min": None, "max": None,
+               "mean": None, "std": None, "nan": None, "inf": None, "first value": ""}
+        if arr.dtype.kind in "fiub" and arr.size:
+            x = arr.astype(np.float64).reshape(-1)
+            finite = x[np.isfinite(x)]
+            row.update(nan=int(np.isnan(x).sum()), inf=int(np.isinf(x).sum()))
+            if finite.size:
+                row.update(min=float(finite.min()), max=float(finite.max()),
+                           mean=float(finite.mean()), std=float(finite.std()))
+        elif arr.size:
+            first = arr.reshape(-1)[0]
+            text = jsonable(first) if isinstance(first, bytes) else str(first)
+            row["first value"] = text if len(text) <= 80 else text[:77] + "..."
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["name", "dtype", "shape", "min", "max", "mean", "std",
+                                       "nan", "inf", "first value"])
+
+
+def examples_of(value) -> int:
+    """How many examples an output holds along its first axis (1 for a scalar)."""
+    arr = np.asarray(value)
+    return int(arr.shape[0]) if arr.ndim >= 1 else 1
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """Every array in one ``.npz`` file (bfloat16 as float32; strings as UTF-8 text)."""
+    import io
+
+    buffer = io.BytesIO()
+    out = {}
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype == ml_dtypes.bfloat16:
+            arr = arr.astype(np.float32)
+        if arr.dtype.kind in "OS":
+            arr = np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else str(v),
+                                1, 1)(arr).astype(str)
+        out[name.replace("/", "_")] = arr
+    np.savez(buffer, **out)
+    return buffer.getvalue()
 
 
 def signatures_table(meta_graphs: list[MetaGraphInfo]) -> pd.DataFrame:

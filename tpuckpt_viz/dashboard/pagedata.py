@@ -10,11 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, object_path
 from tpuckpt_viz.checkpoint.reader import Checkpoint
 from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
+from tpuckpt_viz.patterns import compile_user, search_any
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -29,31 +31,163 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def variable_table(ckpt: Checkpoint) -> pd.DataFrame:
-    """:func:`records_frame` of the checkpoint's records, with the slot's variable by name."""
-    df = records_frame(list_records(ckpt))
+    """:func:`records_frame` of the checkpoint's variables, with the slot's variable by name.
+
+    The object graph entry is not a variable: it stays out of the page's tables, counts,
+    diffs and pickers (the CLI's records keep it; :func:`object_tree` shows it).
+    """
+    df = records_frame([r for r in list_records(ckpt) if r["key"] != OBJECT_GRAPH_KEY])
     names = dict(zip(df["key"], df["name"]))
     df["slot_of_name"] = df["slot_of"].map(lambda k: names.get(k, k) if k else None)
     return df
 
 
+# Columns of the page's variable table: what a person reads first, the raw key last.
+TABLE_COLUMNS = ["name", "kind", "layer", "shape", "dtype", "numel", "nbytes", "slot",
+                 "slot_of_name", "key"]
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The variable table as the page shows it: :data:`TABLE_COLUMNS`, empty cells empty."""
+    shown = table[TABLE_COLUMNS].copy()
+    for column in ("layer", "slot", "slot_of_name"):
+        shown[column] = shown[column].fillna("").astype(str)
+    return shown
+
+
+TRAINABLE_KINDS = ("weight", "bias", "norm")
+OPTIMIZER_KINDS = ("slot", "optimizer")
+
+
 @dataclass
 class Summary:
     variables: int
-    parameters: int
+    parameters: int  # model parameters, as Keras's model.summary() counts them
+    trainable: int
+    non_trainable: int  # running statistics (moving mean and variance, ...)
+    optimizer: int  # optimizer slots and scalars: not model parameters
     nbytes: int
     by_kind: pd.DataFrame
     by_dtype: pd.DataFrame
 
 
 def summarize(table: pd.DataFrame) -> Summary:
-    """Counts, parameters and bytes in all, by kind and by dtype."""
-    agg = dict(variables=("name", "size"), parameters=("numel", "sum"), bytes=("nbytes", "sum"))
-    by_kind = table.groupby("kind", as_index=False).agg(**agg).sort_values("parameters",
+    """Counts, parameters and bytes in all, by kind and by dtype.
+
+    Parameters count as ``model.summary()`` counts them: weights, biases and normalization
+    parameters are trainable, running statistics non-trainable; optimizer slots and state,
+    counters and metrics are not model parameters.
+    """
+    agg = dict(variables=("name", "size"), elements=("numel", "sum"), bytes=("nbytes", "sum"))
+    by_kind = table.groupby("kind", as_index=False).agg(**agg).sort_values("elements",
                                                                             ascending=False)
-    by_dtype = table.groupby("dtype", as_index=False).agg(**agg).sort_values("parameters",
+    by_dtype = table.groupby("dtype", as_index=False).agg(**agg).sort_values("elements",
                                                                               ascending=False)
-    return Summary(len(table), int(table["numel"].sum()), int(table["nbytes"].sum()),
+
+    def total(kinds) -> int:
+        return int(table.loc[table["kind"].isin(kinds), "numel"].sum())
+
+    trainable, non_trainable = total(TRAINABLE_KINDS), total(("stat",))
+    return Summary(len(table), trainable + non_trainable, trainable, non_trainable,
+                   total(OPTIMIZER_KINDS), int(table["nbytes"].sum()),
                    by_kind.reset_index(drop=True), by_dtype.reset_index(drop=True))
+
+
+def object_tree(ckpt: Checkpoint, table: pd.DataFrame) -> pd.DataFrame | None:
+    """The saved objects (model, layers, optimizer, their variables and slots) as a tree.
+
+    One row per object, breadth first from the root: ``path`` (its object path), ``parent``,
+    ``label`` (its local name), ``depth``, and for a variable ``name``, ``kind``, ``shape``
+    and ``numel`` (from ``table``); TF2 optimizer slots hang under their variable as
+    ``slot <name>``. None for a name-based checkpoint (no object graph).
+    """
+    if OBJECT_GRAPH_KEY not in ckpt.entries:
+        return None
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    raw = ckpt.read_raw(OBJECT_GRAPH_KEY)
+    raw = raw if isinstance(raw, bytes) else np.asarray(raw).reshape(-1)[0]
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(raw)
+    by_key = table.set_index("key")
+    # Depth first, the optimizer last: a variable shows under the model's layer that owns it
+    # (Keras 3 also lists it under optimizer/_trainable_variables).
+    paths: dict[int, str] = {0: ""}
+    stack = [0]
+    while stack:
+        node_id = stack.pop()
+        path = paths[node_id]
+        children = sorted(graph.nodes[node_id].children,
+                          key=lambda c: (path == "" and c.local_name == "optimizer",
+                                         _natural(c.local_name)), reverse=True)
+        for child in children:
+            if child.node_id not in paths:
+                paths[child.node_id] = f"{path}/{child.local_name}" if path else child.local_name
+                stack.append(child.node_id)
+    rows = []
+    for node_id, path in paths.items():
+        if not path:
+            continue
+        node = graph.nodes[node_id]
+        key = next((a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"),
+                   None)
+        rows.append(_tree_row(path, key, by_key))
+        for slot in node.slot_variables:
+            slot_node = graph.nodes[slot.slot_variable_node_id]
+            var_path = paths.get(slot.original_variable_node_id)
+            slot_key = next((a.checkpoint_key for a in slot_node.attributes
+                             if a.name == "VARIABLE_VALUE"), None)
+            if var_path is not None and slot_key:
+                rows.append(_tree_row(f"{var_path}/slot {slot.slot_name}", slot_key, by_key))
+    # Keep objects that hold a variable somewhere below; name numbered ones by their layer.
+    holders: dict[str, set] = {}
+    for row in rows:
+        if row["kind"]:
+            parts = row["path"].split("/")
+            for i in range(1, len(parts)):
+                holders.setdefault("/".join(parts[:i]), set()).add(row["name"].split("/")[0])
+    kept = []
+    for row in rows:
+        if row["kind"]:
+            kept.append(row)
+        elif row["path"] in holders:
+            layers = holders[row["path"]]
+            if row["label"].isdigit() and len(layers) == 1:
+                row["label"] = f"{row['label']} ({next(iter(layers))})"
+            kept.append(row)
+    df = pd.DataFrame(kept, columns=["path", "parent", "label", "depth", "name", "kind",
+                                     "shape", "numel"])
+    order = sorted(range(len(df)), key=lambda i: [_natural(p) for p in df["path"][i].split("/")])
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _natural(text: str) -> tuple:
+    """Sort key: numbers by value (``2`` before ``10``)."""
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def _tree_row(path: str, key: str | None, by_key: pd.DataFrame) -> dict:
+    parent, _, label = path.rpartition("/")
+    row = {"path": path, "parent": parent, "label": label, "depth": path.count("/"),
+           "name": "", "kind": "", "shape": "", "numel": 0}
+    if key is not None and key in by_key.index:
+        var = by_key.loc[key]
+        row.update(name=var["name"], kind=var["kind"], shape=var["shape"],
+                   numel=int(var["numel"]))
+    return row
+
+
+def tree_text(tree: pd.DataFrame, max_lines: int = 400) -> str:
+    """The object tree as indented text (``├──``), variables with kind and shape."""
+    lines = []
+    for row in tree.itertuples():
+        if len(lines) >= max_lines:
+            lines.append(f"... {len(tree) - max_lines:,} more objects")
+            break
+        what = f"  [{row.kind} {row.shape}]" if row.kind else ""
+        shown = f"  = {row.name}" if row.name and row.name != row.path else ""
+        lines.append("    " * row.depth + row.label + what + shown)
+    return "\n".join(lines)
 
 
 def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
@@ -67,8 +201,8 @@ def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
     if dtypes:
         mask &= table["dtype"].isin(dtypes)
     if pattern:
-        mask &= (table["name"].str.contains(pattern, regex=True)
-                 | table["key"].str.contains(pattern, regex=True))
+        regex = compile_user(pattern, "name filter")  # RE2: linear time, cannot stall the server
+        mask &= [search_any(regex, name, key) for name, key in zip(table["name"], table["key"])]
     return table[mask]
 
 
@@ -87,6 +221,7 @@ class TensorView:
     heat: np.ndarray | None
     heat_strides: tuple[int, int]
     strings: list[str] | None = None
+    heat_bad: np.ndarray | None = None  # NaN/Inf count per heatmap cell
 
 
 def _as_2d(shape: tuple) -> tuple[int, int] | None:
@@ -94,6 +229,30 @@ def _as_2d(shape: tuple) -> tuple[int, int] | None:
     if len(shape) < 2 or 0 in shape:
         return None
     return int(np.prod(shape[:-1])), int(shape[-1])
+
+
+def heat_axes(shape: tuple, strides: tuple[int, int] = (1, 1)) -> tuple[str, str, str]:
+    """(rows title, columns title, note) saying how a tensor was laid out in 2-D.
+
+    ``[3, 3, 64, 128]`` -> rows "dims 0-2 (3×3×64 = 576)", columns "dim 3 (128)", and a note
+    that the leading dimensions were flattened into rows (row-major) and, where the heatmap
+    shows block means, how large a block is.
+    """
+    shape = tuple(int(d) for d in shape)
+    last = len(shape) - 1
+    if len(shape) == 2:
+        rows = f"dim 0 ({shape[0]:,})"
+        note = ""
+    else:
+        rows = (f"dims 0-{last - 1} (" + "×".join(map(str, shape[:-1]))
+                + f" = {int(np.prod(shape[:-1])):,}, row-major)")
+        note = f"{len(shape)}-D {list(shape)}: dims 0-{last - 1} flattened into rows"
+    cols = f"dim {last} ({shape[-1]:,})"
+    sr, sc = strides
+    if (sr, sc) != (1, 1):
+        block = f"each cell the mean of a {sr}×{sc} block"
+        note = f"{note}; {block}" if note else block
+    return rows, cols, note
 
 
 class _BlockMeans:
@@ -112,6 +271,7 @@ class _BlockMeans:
             self.nbr, self.nbc = -(-self.rows // self.sr), -(-self.cols // self.sc)
             self.sums = np.zeros(self.nbr * self.nbc)
             self.weights = np.zeros(self.nbr * self.nbc)
+            self.bad = np.zeros(self.nbr * self.nbc)
 
     def add(self, values: np.ndarray) -> None:
         """Fold in the next flat chunk of values (float64)."""
@@ -122,6 +282,8 @@ class _BlockMeans:
             self.sums += np.bincount(ids, weights=np.where(finite, values, 0.0),
                                      minlength=self.sums.size)
             self.weights += np.bincount(ids, weights=finite, minlength=self.sums.size)
+            if not finite.all():
+                self.bad += np.bincount(ids, weights=~finite, minlength=self.sums.size)
         self.offset += values.size
 
     def result(self) -> tuple[np.ndarray | None, tuple[int, int]]:
@@ -129,6 +291,12 @@ class _BlockMeans:
             return None, (1, 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (self.sums / self.weights).reshape(self.nbr, self.nbc), (self.sr, self.sc)
+
+    def nonfinite(self) -> np.ndarray | None:
+        """NaN/Inf count per cell (None where the tensor has none)."""
+        if not self.active or not self.bad.any():
+            return None
+        return self.bad.reshape(self.nbr, self.nbc)
 
 
 def _float64(chunk: np.ndarray) -> np.ndarray:
@@ -156,7 +324,7 @@ def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
     sample = acc.sampled()
     counts, edges = histogram(sample, bins)
     return TensorView(key, entry.dtype, entry.shape, acc.result(), counts, edges, sample.size,
-                      acc.finite, heat, strides)
+                      acc.finite, heat, strides, heat_bad=blocks.nonfinite())
 
 
 @dataclass
@@ -167,6 +335,7 @@ class PairView:
     sample_b: np.ndarray
     delta_heat: np.ndarray | None
     delta_strides: tuple[int, int]
+    delta_bad: np.ndarray | None = None  # NaN/Inf count of B - A per heatmap cell
 
 
 def pair_view(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) -> PairView:
@@ -180,7 +349,7 @@ def pair_view(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) ->
         if blocks.active:
             blocks.add(_float64(cb) - _float64(ca))
     heat, strides = blocks.result()
-    return PairView(acc_a.sampled(), acc_b.sampled(), heat, strides)
+    return PairView(acc_a.sampled(), acc_b.sampled(), heat, strides, blocks.nonfinite())
 
 
 def stats_frame(views: dict[str, TensorView]) -> pd.DataFrame:

@@ -24,10 +24,10 @@ UNIT_BYTES = 2 << 20
 def open_shard(path: str):
     """A file descriptor for a local shard (shared by the workers through pread), or None
     for other filesystems (read through tf.io.gfile)."""
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
     from tpuckpt_viz.errors import UserError
 
-    local = bundle._local_path(path)
+    local = storage.local_path(path)
     if local is None:
         from tpuckpt_viz.tfcompat import tf
 
@@ -55,7 +55,7 @@ def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
     Chunk boundaries are the same either way, so the statistics are too.
     """
     if threshold_bytes is None and ckpt.streamable(key):
-        from tpuckpt_viz.checkpoint import bundle
+        from tpuckpt_viz.checkpoint import bundle, storage, table
 
         # bundle checks the shard itself (a missing shard is a UserError that says so).
         chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
@@ -72,7 +72,7 @@ def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
     memory avoids a fresh allocation per chunk, whose page faults measured a third of the
     read time. Checksummed as :func:`tpuckpt_viz.checkpoint.bundle.iter_chunks` does.
     """
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
     from tpuckpt_viz.errors import UserError
 
     chunk_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
@@ -82,7 +82,7 @@ def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
     index = ckpt.index
     proto = index.entries[key]
     path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
-    if bundle._local_path(path) is None:
+    if storage.local_path(path) is None:
         yield from bundle.iter_chunks(index, key, chunk_bytes)
         return
     import google_crc32c
@@ -111,7 +111,7 @@ def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
             yield view.view(dt)
     finally:
         os.close(fd)
-    if bundle._mask(crc) != proto.crc32c:
+    if table.mask(crc) != proto.crc32c:
         raise UserError(f"data for {key} in {path} fails its checksum: the shard is corrupt; "
                         "copy it again from the source")
 

@@ -15,12 +15,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from tpuckpt_viz.checkpoint.objectgraph import object_path
 from tpuckpt_viz.checkpoint.paths import run_checkpoints
 from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
 from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.engine.chunks import pair_chunks, reused_chunks
 from tpuckpt_viz.engine.reductions import Accumulator, PairAccumulator, delta_sumsq, widen
 from tpuckpt_viz.errors import UserError
+from tpuckpt_viz.patterns import compile_user
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -55,7 +57,7 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
 def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
                      match: str | None = None, kinds: Iterable[str] | None = None,
                      progress: Progress | None = None, cluster=None) -> list[dict]:
-    """One record per variable of either side, per the ``diff`` contract of DESIGN.md.
+    """One record per variable of either side, per the ``diff`` contract of docs/reference.md.
 
     ``by`` is ``"name"`` (readable names) or ``"key"`` (raw keys); ``match`` is a regular
     expression searched in the name or key and ``kinds`` a set of kinds to keep. With
@@ -126,12 +128,8 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
 
 
 def _compile(match: str | None):
-    if not match:
-        return None
-    try:
-        return re.compile(match)
-    except re.error as exc:
-        raise UserError(f"--match {match!r} is not a valid regular expression: {exc}") from None
+    # User patterns run on RE2 (linear time): a pattern cannot stall the server.
+    return compile_user(match, "--match") if match else None
 
 
 def _scalar(ckpt: Checkpoint, key: str) -> int | None:
@@ -142,28 +140,82 @@ def _scalar(ckpt: Checkpoint, key: str) -> int | None:
         return None
 
 
-def checkpoint_step(ckpt: Checkpoint, records: list[dict] | None = None) -> int | None:
-    """The training step a checkpoint was saved at.
+_FILE_NUMBER = re.compile(r"(?:^|[-_.])(\d+)$")
+_KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5")
 
-    The value of ``global_step``, else the optimizer's iteration count, else ``save_counter``,
-    else the number in the file name (None if there is none).
+
+def file_number(prefix: str) -> int | None:
+    """The number that ends a checkpoint's file name (``ckpt-300`` -> 300), or None.
+
+    Only a trailing number counts: ``bert_lite_tf2.ckpt`` has none.
     """
+    base = prefix.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in _KERAS_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    match = _FILE_NUMBER.search(base)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
+                         ) -> tuple[int | None, str | None]:
+    """The training step a checkpoint was saved at, and where it came from.
+
+    In order (DESIGN.md section 3): a step variable (``global_step``, or the object path
+    ``step``), else the optimizer's iterations, else the number in the file name, else
+    ``save_counter``. The file number comes before ``save_counter`` because
+    ``CheckpointManager.save(checkpoint_number=step)`` names files by step while
+    ``save_counter`` only counts saves. For Keras files (``ModelCheckpoint``) the number in
+    the file name comes first. Returns ``(None, None)`` when nothing gives a number.
+    """
+    if getattr(ckpt, "format", None) == "keras":
+        # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
+        # optimizer's iterations that the file holds (DESIGN.md section 3).
+        from tpuckpt_viz.checkpoint.paths import keras_file_number
+
+        number = keras_file_number(ckpt.prefix)
+        if number is not None:
+            return number
+        if ckpt.iterations_key:
+            value = _scalar(ckpt, ckpt.iterations_key)
+            if value is not None:
+                return value
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 
     def last(r):
         return r["name"].rsplit("/", 1)[-1]
 
-    for pick in (lambda r: last(r) in _STEP_NAMES,
-                 lambda r: r["kind"] == "optimizer" and last(r) in _ITER_NAMES,
-                 lambda r: last(r) == "save_counter"):
+    def from_records(pick):
         for r in scalars:
             if pick(r):
                 value = _scalar(ckpt, r["key"])
                 if value is not None:
                     return value
-    digits = re.findall(r"\d+", ckpt.prefix.rsplit("/", 1)[-1])
-    return int(digits[-1]) if digits else None
+        return None
+
+    number = file_number(ckpt.prefix)
+    sources = [
+        ("step variable", lambda: from_records(
+            lambda r: last(r) in _STEP_NAMES or object_path(r["key"]) == "step")),
+        ("optimizer iterations", lambda: from_records(
+            lambda r: r["kind"] == "optimizer" and last(r) in _ITER_NAMES)),
+        ("file name", lambda: number),
+        ("save counter", lambda: from_records(lambda r: last(r) == "save_counter")),
+    ]
+    if ckpt.prefix.endswith(_KERAS_SUFFIXES):
+        sources.insert(0, sources.pop(2))
+    for source, value in sources:
+        found = value()
+        if found is not None:
+            return found, source
+    return None, None
+
+
+def checkpoint_step(ckpt: Checkpoint, records: list[dict] | None = None) -> int | None:
+    """The training step a checkpoint was saved at (see :func:`checkpoint_step_info`)."""
+    return checkpoint_step_info(ckpt, records)[0]
 
 
 # Results per pair of checkpoints (and filter), so that a page refresh on a run that is still
@@ -227,38 +279,63 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds,
     return rows
 
 
+def run_order(prefixes: Iterable[str], opener: Callable[[str], Checkpoint] = open_checkpoint
+              ) -> list[dict]:
+    """The checkpoints of a run in training order, each with its step and a label.
+
+    One dict per checkpoint: ``checkpoint`` (prefix), ``step`` (see
+    :func:`checkpoint_step_info`, or None), ``step_source``, ``save`` (1, 2, ... in this
+    order) and ``label``: ``step N`` where every checkpoint has its own step, else ``save N``
+    (a run whose files carry no number is labelled honestly, never "step None"). Ordered by
+    step, then by the number in the file name, then by name.
+    """
+    items = []
+    for prefix in prefixes:
+        ckpt = opener(prefix)
+        step, source = checkpoint_step_info(ckpt)
+        items.append({"checkpoint": prefix, "step": step, "step_source": source,
+                      "_ckpt": ckpt})
+    items.sort(key=lambda d: (d["step"] is None, d["step"] if d["step"] is not None else 0,
+                              file_number(d["checkpoint"]) or 0, d["checkpoint"]))
+    steps = [d["step"] for d in items]
+    numbered = None not in steps and len(set(steps)) == len(steps)
+    for i, d in enumerate(items, 1):
+        d["save"] = i
+        d["label"] = f"step {d['step']}" if numbered else f"save {i}"
+    return items
+
+
 def run_steps(run_dir: str, *, match: str | None = None, kinds: Iterable[str] | None = None,
               progress: Progress | None = None, cluster=None) -> list[dict]:
     """One record per (step, variable) across every checkpoint of the run in ``run_dir``.
 
     Fields per the ``steps`` contract: ``step``, ``checkpoint``, ``name``, ``kind``, ``l2``,
     ``delta_l2`` (from the previous step), ``update_ratio`` (delta_l2 / previous l2), ``nan``,
-    ``inf``; plus ``layer``. Reads tensor by tensor, two checkpoints' chunks at a time, or
-    on ``cluster`` (:class:`tpuckpt_viz.engine.cluster.Cluster`) with the same results.
+    ``inf``; plus ``layer``, ``save`` (1, 2, ... in run order) and ``label`` (``step N``, or
+    ``save N`` for a run without distinct step numbers; see :func:`run_order`). Reads tensor
+    by tensor, two checkpoints' chunks at a time, or on ``cluster``
+    (:class:`tpuckpt_viz.engine.cluster.Cluster`) with the same results.
     """
     kinds = set(kinds) if kinds else None
     _compile(match)
-    prefixes = run_checkpoints(run_dir)
-    opened = []
-    for prefix in prefixes:
-        ckpt = open_checkpoint(prefix)
-        opened.append((checkpoint_step(ckpt), prefix, ckpt))
-    opened.sort(key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0, t[1]))
+    opened = run_order(run_checkpoints(run_dir))
     out: list[dict] = []
     prev = None
     prev_l2: dict[str, float | None] = {}
-    for i, (step, prefix, ckpt) in enumerate(opened):
+    for i, item in enumerate(opened):
+        prefix, ckpt = item["checkpoint"], item["_ckpt"]
         if progress:
             progress(i, len(opened), prefix)
         rows = _transition(prev, ckpt, match, kinds, cluster)
         for row in rows:
             p_l2 = prev_l2.get(row["name"])
             delta = row["delta_l2"] if prev is not None else None
-            out.append({"step": step, "checkpoint": prefix, "name": row["name"],
+            out.append({"step": item["step"], "checkpoint": prefix, "name": row["name"],
                         "kind": row["kind"], "l2": row["l2"], "delta_l2": delta,
                         "update_ratio": _finite_or_none(delta / p_l2)
                         if delta is not None and p_l2 else None,
-                        "nan": row["nan"], "inf": row["inf"], "layer": row["layer"]})
+                        "nan": row["nan"], "inf": row["inf"], "layer": row["layer"],
+                        "save": item["save"], "label": item["label"]})
         prev_l2 = {row["name"]: row["l2"] for row in rows}
         prev = ckpt
     if progress:
@@ -269,4 +346,8 @@ def run_steps(run_dir: str, *, match: str | None = None, kinds: Iterable[str] | 
 def first_nonfinite(records: list[dict]) -> dict | None:
     """The first (step, variable) record with a NaN or Inf, or None."""
     bad = [r for r in records if (r["nan"] or r["inf"])]
-    return min(bad, key=lambda r: (r["step"] is None, r["step"] or 0)) if bad else None
+    if not bad:
+        return None
+    if all("save" in r for r in bad):  # run order, whatever the steps say
+        return min(bad, key=lambda r: r["save"])
+    return min(bad, key=lambda r: (r["step"] is None, r["step"] or 0))

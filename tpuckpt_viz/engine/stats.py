@@ -120,7 +120,7 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
     shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint`` writes
     a variable's slots far from it). Small tensors close together in a shard share a unit
     (one read); large ones are cut at block boundaries."""
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
 
     index = ckpt.index
     on_disk = []
@@ -278,7 +278,7 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         return
     import google_crc32c
 
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import bundle, storage, table
     from tpuckpt_viz.errors import UserError
 
     keys = list(keys)
@@ -334,7 +334,7 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         if not piece.last:
             return
         del partial[i]
-        if bundle._mask(state[1]) != ckpt.index.entries[key].crc32c:
+        if table.mask(state[1]) != ckpt.index.entries[key].crc32c:
             ready[i] = UserError(f"data for {key} in {unit.path} fails its checksum: the "
                                  "shard is corrupt; copy it again from the source")
         else:

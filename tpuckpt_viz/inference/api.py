@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from tpuckpt_viz import config
+from tpuckpt_viz import config, sandbox
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.inference.calls import tf_error_text, timed  # noqa: F401
 from tpuckpt_viz.inference.devices import CPU_NAME, DeviceChoice, choose_device
@@ -200,10 +200,13 @@ _RESTORED = _LRU(_CACHE_SIZE)
 
 
 def clear_caches() -> None:
-    """Forget every loaded model (tests; the dashboard's "reload" button)."""
+    """Forget every loaded model (tests; the dashboard's "reload" button), here and in a
+    running worker."""
     _SAVED_MODELS.clear()
     _RESTORED.clear()
     clear_proto_cache()
+    if not sandbox.in_worker() and sandbox.worker("infer").alive():
+        sandbox.call("tpuckpt_viz.inference.api:clear_caches", what="clearing its caches")
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,6 +393,33 @@ def run_inference(path: str, model: str | None = None, tags=None, signature: str
                   repeats: int = DEFAULT_REPEATS, files: bool = True) -> InferenceResult:
     """Run test inputs through the model at ``path``; what ``infer`` and the Infer page call.
 
+    It runs in the TensorFlow worker process (:mod:`tpuckpt_viz.sandbox`): a model that makes
+    TensorFlow abort, crash or run out of memory or time ends the worker, not this process, and
+    raises :class:`UserError`. See :func:`run_inference_here` for the arguments.
+    """
+    check_batch(batch)
+    return sandbox.call("tpuckpt_viz.inference.api:run_inference_here", os.fspath(path), model,
+                        tags, signature, inputs, device, batch, fill, allow_unsafe=allow_unsafe,
+                        repeats=repeats, files=files,
+                        what=f"loading or running the model at {os.fspath(path)}")
+
+
+def check_batch(batch) -> int:
+    """``batch`` as a positive whole number, else UserError."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise UserError(f"batch size {batch!r} is not a positive whole number: pass --batch N "
+                        "with N >= 1")
+    return int(batch)
+
+
+def run_inference_here(path: str, model: str | None = None, tags=None,
+                       signature: str | None = None, inputs: Mapping[str, Any] | None = None,
+                       device: str = "auto", batch: int = 4,
+                       fill: str | Mapping[str, str] = "random", *,
+                       allow_unsafe: bool | None = None, repeats: int = DEFAULT_REPEATS,
+                       files: bool = True) -> InferenceResult:
+    """Run test inputs through the model at ``path``, in this process (the worker's side).
+
     ``path``: a SavedModel folder (or a TensorFlow Serving folder of numbered versions: the
     highest) runs the signature that :func:`pick` chooses, on GPU or CPU; anything else is a
     checkpoint (a folder means its latest one) restored into the builder ``model`` (default:
@@ -412,9 +442,38 @@ def run_pair(path_a: str, path_b: str, model: str | None = None, inputs=None,
              device: str = "auto", batch: int = 4, fill: str | Mapping[str, str] = "random",
              *, files: bool = True, **kwargs) -> tuple[InferenceResult, InferenceResult, dict]:
     """The same inputs through two checkpoints (or models): (result a, result b,
-    :func:`compare_outputs`). Inputs left out are generated once, for both."""
-    a = run_inference(path_a, model, inputs=inputs, device=device, batch=batch, fill=fill,
-                      files=files, **kwargs)
-    b = run_inference(path_b, model, inputs=dict(a.inputs), device=device, batch=batch,
-                      fill=fill, files=False, **kwargs)
+    :func:`compare_outputs`). Inputs left out are generated once, for both. In the worker."""
+    check_batch(batch)
+    return sandbox.call("tpuckpt_viz.inference.api:run_pair_here", os.fspath(path_a),
+                        os.fspath(path_b), model, inputs, device, batch, fill, files=files,
+                        what=f"running {os.fspath(path_a)} and {os.fspath(path_b)}", **kwargs)
+
+
+def run_pair_here(path_a: str, path_b: str, model: str | None = None, inputs=None,
+                  device: str = "auto", batch: int = 4,
+                  fill: str | Mapping[str, str] = "random", *, files: bool = True, **kwargs
+                  ) -> tuple[InferenceResult, InferenceResult, dict]:
+    """:func:`run_pair` in this process (the worker's side)."""
+    a = run_inference_here(path_a, model, inputs=inputs, device=device, batch=batch, fill=fill,
+                           files=files, **kwargs)
+    b = run_inference_here(path_b, model, inputs=dict(a.inputs), device=device, batch=batch,
+                           fill=fill, files=False, **kwargs)
     return a, b, compare_outputs(a, b)
+
+
+def model_specs(ckpt_prefix: str, builder: str | None = None, device: str = "auto"
+                ) -> list[TensorInfo]:
+    """The inputs of the builder's model restored from ``ckpt_prefix`` (built in the worker,
+    which keeps it for the Run that follows)."""
+    return sandbox.call("tpuckpt_viz.inference.api:model_specs_here", os.fspath(ckpt_prefix),
+                        builder, device, what=f"restoring {os.fspath(ckpt_prefix)}")
+
+
+def model_specs_here(ckpt_prefix: str, builder: str | None = None, device: str = "auto"
+                     ) -> list[TensorInfo]:
+    return list(restored_model(ckpt_prefix, builder, device).specs)
+
+
+def warm_up() -> None:
+    """Start the TensorFlow worker now, so that the first Run does not pay TensorFlow's import."""
+    sandbox.start("infer")

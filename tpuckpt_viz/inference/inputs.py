@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import zipfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -23,11 +24,53 @@ FILLS = ("random", "zeros", "ones")
 FILE_SUFFIXES = (".npy", ".npz", ".csv")
 
 
-def _np_dtype(dtype: str):
-    name = str(dtype).replace("_ref", "")
-    if name == "string":
+_NOT_FEEDABLE = ("resource", "variant", "invalid")
+# Generated values take this many bytes per string element (an object pointer and a short
+# bytes object) when sizing them before they are made.
+_STRING_BYTES = 64
+_MAX_DIMS = 32
+
+
+def _np_dtype(dtype: str, name: str = "input"):
+    dtype = str(dtype).replace("_ref", "")
+    if dtype == "string":
         return object
-    return tf().dtypes.as_dtype(name).as_numpy_dtype
+    if dtype in _NOT_FEEDABLE or dtype.startswith("dtype_"):
+        raise UserError(f"input {name!r} has dtype {dtype}, which cannot be given as test values "
+                        "(it is a handle or an unknown type): pick another signature")
+    try:
+        return tf().dtypes.as_dtype(dtype).as_numpy_dtype
+    except (TypeError, ValueError):
+        raise UserError(f"input {name!r} has dtype {dtype}, which infer cannot make values of: "
+                        "pick another signature") from None
+
+
+def limit_bytes() -> int:
+    """The most bytes one input may take: the upload_mb setting (TPUCKPT_UPLOAD_MB)."""
+    from tpuckpt_viz import config
+
+    return config.get_int("upload_mb") << 20
+
+
+def human_size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_size(name: str, shape, itemsize: int, what: str, hint: str) -> None:
+    """Refuse an array of ``shape`` x ``itemsize`` bytes over the limit, before it is made."""
+    count = 1
+    for d in shape:
+        count *= max(int(d), 0)
+    size = count * itemsize
+    if size > limit_bytes():
+        shown = "[" + ", ".join(str(int(d)) for d in shape) + "]"
+        raise UserError(f"input {name!r}: {what} would be {shown} = {count:,} values "
+                        f"({human_size(size)}), over the {limit_bytes() >> 20} MB limit "
+                        f"(TPUCKPT_UPLOAD_MB): {hint}")
 
 
 def expect(dtype: str, shape) -> str:
@@ -48,15 +91,18 @@ def _convert(value, dtype: str, shape, name: str) -> np.ndarray:
     """``value`` (nested lists, numbers, strings, an array) as an array of ``dtype``."""
     dtype = str(dtype).replace("_ref", "")
     where = f"input {name!r}"
+    if _depth(value) > _MAX_DIMS:
+        raise UserError(f"{where}: nested more than {_MAX_DIMS} deep (an input has at most "
+                        f"{_MAX_DIMS} dimensions); {expect(dtype, shape)}")
     try:
         if dtype == "string":
             arr = np.array(value, dtype=object)
             return np.frompyfunc(_to_bytes, 1, 1)(arr).astype(object) if arr.ndim else \
                 np.array(_to_bytes(arr.item()), dtype=object)
         arr = np.asarray(value)
-    except ValueError as exc:  # ragged nesting
+    except (ValueError, RecursionError) as exc:  # ragged nesting
         raise UserError(f"{where}: {first_line(exc)}; {expect(dtype, shape)}")
-    target = np.dtype(_np_dtype(dtype))
+    target = np.dtype(_np_dtype(dtype, name))
     if arr.dtype.kind in "USO":
         try:
             arr = arr.astype(np.float64)
@@ -81,6 +127,16 @@ def _convert(value, dtype: str, shape, name: str) -> np.ndarray:
     return arr.astype(target)
 
 
+def _depth(value) -> int:
+    """How deep lists nest in ``value`` (along the first elements), counted up to one past
+    the most dimensions an input may have."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and depth <= _MAX_DIMS:
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
 def read_array_bytes(data: bytes, filename: str, name: str = "input",
                      dtype: str = "float32"):
     """The value held by the bytes of a ``.npy``, ``.npz`` or ``.csv`` file (an upload).
@@ -92,17 +148,10 @@ def read_array_bytes(data: bytes, filename: str, name: str = "input",
     lower = filename.lower()
     try:
         if lower.endswith(".npy"):
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            return _read_npy(io.BytesIO(data), filename, name)
         if lower.endswith(".npz"):
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                keys = list(npz.keys())
-                key = name if name in keys else keys[0] if len(keys) == 1 else None
-                if key is None:
-                    raise UserError(f"input {name!r}: {filename} holds arrays "
-                                    f"{', '.join(keys)} and none is named {name!r}: save one "
-                                    f"array, or name it {name!r}")
-                return npz[key]
-    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays, truncated files
+            return _read_npz(data, filename, name)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # pickles, truncation
         raise UserError(f"input {name!r}: cannot read {filename}: {first_line(exc)}")
     if not lower.endswith(".csv"):
         raise UserError(f"input {name!r}: {filename} is not a .npy, .npz or .csv file")
@@ -122,12 +171,63 @@ def read_array_bytes(data: bytes, filename: str, name: str = "input",
     return rows
 
 
+def _read_npy(f, filename: str, name: str) -> np.ndarray:
+    """One ``.npy`` array, sized from its header before its data is read."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects (pickles), which are never loaded: save "
+                         "numbers or strings")
+    check_size(name, shape, max(dtype.itemsize, 1), f"{filename} (its header says)",
+               "send a smaller array, or raise TPUCKPT_UPLOAD_MB")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    raw = f.read(count * dtype.itemsize)
+    if len(raw) != count * dtype.itemsize:
+        raise ValueError(f"the data is shorter than its header's shape {list(shape)} says: "
+                         "the file is truncated")
+    arr = np.frombuffer(raw, dtype=dtype, count=count)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def _read_npz(data: bytes, filename: str, name: str) -> np.ndarray:
+    """The array of an ``.npz`` named like the input, else the only one; every member sized
+    from the zip's central directory (and then its .npy header) before it is inflated."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = [i for i in archive.infolist() if i.filename.endswith(".npy")]
+        total = sum(i.file_size for i in members)
+        if total > limit_bytes():
+            raise UserError(f"input {name!r}: {filename} inflates to {human_size(total)} "
+                            f"({len(members)} arrays), over the {limit_bytes() >> 20} MB limit "
+                            "(TPUCKPT_UPLOAD_MB): send smaller arrays, or raise the limit")
+        keys = [i.filename[: -len(".npy")] for i in members]
+        key = name if name in keys else keys[0] if len(keys) == 1 else None
+        if key is None:
+            raise UserError(f"input {name!r}: {filename} holds arrays "
+                            f"{', '.join(keys) or '(none)'} and none is named {name!r}: save "
+                            f"one array, or name it {name!r}")
+        with archive.open(key + ".npy") as member:
+            return _read_npy(member, filename, name)
+
+
 def _read_file_value(path: str, dtype: str, name: str):
     gfile = tf().io.gfile
     if not gfile.exists(path):
         raise UserError(f"input {name!r}: file {path} not found")
+    size = gfile.stat(path).length
+    if size > limit_bytes():
+        raise UserError(f"input {name!r}: {path} is {human_size(size)}, over the "
+                        f"{limit_bytes() >> 20} MB limit (TPUCKPT_UPLOAD_MB): raise it for "
+                        "larger inputs")
     with gfile.GFile(path, "rb") as f:
-        data = f.read()
+        data = f.read(limit_bytes() + 1)
     return read_array_bytes(data, path, name, dtype)
 
 
@@ -156,6 +256,9 @@ def parse_input_value(value, dtype: str, shape=None, *, name: str = "input",
         else:
             try:
                 value = json.loads(text)
+            except RecursionError:
+                raise UserError(f"input {name!r}: the JSON is nested too deeply: an input has "
+                                f"at most {_MAX_DIMS} dimensions; {expect(dtype, shape)}") from None
             except ValueError:
                 if dtype == "string":
                     return np.array(text.encode("utf-8"), dtype=object)
@@ -214,15 +317,22 @@ def make_inputs(signature_inputs, mode: str | Mapping[str, str] = "random", batc
     if not isinstance(mode, Mapping):
         fill_of(mode, "")
     rng = np.random.default_rng(seed)
-    result = {}
-    for name, dtype, shape in items:
-        fill = fill_of(mode, name)
+    planned = []
+    for name, dtype, shape in items:  # sized (and dtypes checked) before anything is made
         dims = () if shape is None else tuple(batch if d is None or d < 0 else d for d in shape)
         dtype = str(dtype).replace("_ref", "")
+        itemsize = _STRING_BYTES if dtype == "string" else \
+            max(np.dtype(_np_dtype(dtype, name)).itemsize, 8)  # made as float64/int64 first
+        check_size(name, dims, itemsize, "the generated input",
+                   f"pass --input {name}=VALUE (or a smaller --batch)")
+        planned.append((name, dtype, dims))
+    result = {}
+    for name, dtype, dims in planned:
+        fill = fill_of(mode, name)
         if dtype == "string":
             result[name] = np.full(dims, b"", dtype=object)
             continue
-        target = np.dtype(_np_dtype(dtype))
+        target = np.dtype(_np_dtype(dtype, name))
         if fill == "zeros":
             arr = np.zeros(dims)
         elif fill == "ones":
@@ -240,7 +350,10 @@ def make_inputs(signature_inputs, mode: str | Mapping[str, str] = "random", batc
 def json_template(spec, batch: int = 2, limit: int = 64) -> str:
     """A JSON value of the right dtype and declared shape (ones, empty strings) to start from;
     "" where it would hold more than ``limit`` values."""
-    arr = make_inputs([spec], "ones", batch)[spec.name]
+    try:
+        arr = make_inputs([spec], "ones", batch)[spec.name]
+    except UserError:  # too large to show, or a dtype no value can have
+        return ""
     if arr.size > limit:
         return ""
     if arr.dtype == object:

@@ -123,6 +123,21 @@ def _walk_checkpoint(graph, start: int, live) -> tuple[dict[int, str], set[str]]
     return variables, used
 
 
+def _check_graph(prefix: str, graph) -> None:
+    """Refuse an object graph whose children or slots point at nodes it does not have."""
+    count = len(graph.nodes)
+    for i, node in enumerate(graph.nodes):
+        refs = [(c.local_name, c.node_id) for c in node.children]
+        refs += [(f"slot {s.slot_name}", s.slot_variable_node_id) for s in node.slot_variables]
+        refs += [(f"slot of {s.slot_name}", s.original_variable_node_id)
+                 for s in node.slot_variables]
+        for name, ref in refs:
+            if not 0 <= ref < count:
+                raise UserError(f"checkpoint {prefix} has a corrupt object graph: node {i}'s "
+                                f"{name!r} points at node {ref}, and there are {count} nodes: "
+                                "the checkpoint is damaged or was not written by TensorFlow")
+
+
 def restore_report(prefix: str, model) -> tuple[dict, str | None]:
     """(report, attach name) for restoring checkpoint ``prefix`` into ``model``.
 
@@ -157,6 +172,7 @@ def restore_report(prefix: str, model) -> tuple[dict, str | None]:
                         f"{first_line(exc)}: is its data file complete?") from None
     if not graph.nodes:
         return empty, None
+    _check_graph(prefix, graph)
     root = graph.nodes[0]
     candidates = [("model", c.node_id) for c in root.children if c.local_name == "model"]
     candidates += [(c.local_name, c.node_id) for c in root.children if c.local_name != "model"]

@@ -162,7 +162,12 @@ def dtype_name(enum: int) -> str:
     except Exception:  # noqa: BLE001 - DT_INVALID (init op signatures) and unknown enums
         from tensorflow.core.framework import types_pb2
 
-        return types_pb2.DataType.Name(enum).lower().replace("dt_", "") if enum else "invalid"
+        if not enum:
+            return "invalid"
+        try:
+            return types_pb2.DataType.Name(enum).lower().replace("dt_", "")
+        except ValueError:  # a number no TensorFlow knows
+            return f"dtype_{enum}"
 
 
 def _tensor_info(key: str, info) -> TensorInfo:

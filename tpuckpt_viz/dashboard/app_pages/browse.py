@@ -8,7 +8,12 @@ from tpuckpt_viz import config
 from tpuckpt_viz.checkpoint.records import KINDS
 from tpuckpt_viz.dashboard import charts
 from tpuckpt_viz.dashboard import pagedata as views
-from tpuckpt_viz.dashboard.app_pages.common import human_bytes, pick_checkpoint, show_error
+from tpuckpt_viz.dashboard.app_pages.common import (
+    human_bytes,
+    pick_checkpoint,
+    show_error,
+    sync_url,
+)
 
 st.title("Browse a checkpoint")
 ckpt = pick_checkpoint()
@@ -34,17 +39,41 @@ except Exception as exc:
 
 summary = views.summarize(table)
 st.caption(f"`{ckpt.prefix}` · {ckpt.format} format")
-c1, c2, c3 = st.columns(3)
-c1.metric("Variables", f"{summary.variables:,}")
-c2.metric("Parameters", f"{summary.parameters:,}")
-c3.metric("Size", human_bytes(summary.nbytes))
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Model parameters", f"{summary.parameters:,}",
+          help="As Keras's model.summary() counts them: weights, biases and normalization "
+               "parameters (trainable) and running statistics (non-trainable); optimizer "
+               "state, counters and metrics are not model parameters")
+c1.caption(f"trainable {summary.trainable:,} · non-trainable {summary.non_trainable:,}")
+c2.metric("Optimizer state", f"{summary.optimizer:,}",
+          help="Elements of optimizer slots (Adam's m and v, ...) and optimizer scalars")
+c3.metric("Variables", f"{summary.variables:,}")
+c4.metric("Size", human_bytes(summary.nbytes))
 
 with st.expander("Summary by kind and dtype, and where the parameters are", expanded=True):
     left, right = st.columns([1, 2])
     left.dataframe(summary.by_kind, hide_index=True, width="stretch")
     left.dataframe(summary.by_dtype, hide_index=True, width="stretch")
-    if summary.parameters:
+    if int(table["numel"].sum()):
         right.plotly_chart(charts.parameter_treemap(table), width="stretch")
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the object graph...")
+def _tree(prefix: str, signature: tuple):
+    return views.object_tree(ckpt, table)
+
+
+try:
+    tree = _tree(ckpt.prefix, ckpt.signature)
+except Exception as exc:  # a damaged object graph: the variables still show
+    tree = None
+    st.caption(f"The object graph could not be read: {exc}")
+if tree is not None and len(tree):
+    with st.expander(f"Saved objects: the object graph ({len(tree):,} objects and variables)"):
+        st.caption("What `tf.train.Checkpoint` saved, object by object: the model, its layers, "
+                   "the optimizer, their variables and slots. Click a box to open it.")
+        st.plotly_chart(charts.object_tree_chart(tree), width="stretch", key="object_tree")
+        st.code(views.tree_text(tree), language=None)
 
 st.subheader("Variables")
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
@@ -54,29 +83,38 @@ dtypes = f3.multiselect("Dtype", sorted(table["dtype"].unique()), key="f_dtype")
 pattern = f4.text_input("Name pattern (regular expression)", key="f_pattern")
 try:
     shown = views.filter_table(table, kinds, layers, dtypes, pattern)
-except Exception as exc:  # a bad regular expression
-    st.error(f"bad name pattern: {exc}: fix the regular expression")
-    shown = table
+except Exception as exc:  # a bad regular expression: say so, and change nothing else
+    f4.error(f"bad name pattern: {exc}: fix the regular expression")
+    shown = views.filter_table(table, kinds, layers, dtypes, "")
 
-columns = ["name", "key", "layer", "kind", "shape", "dtype", "numel", "nbytes", "slot",
-           "slot_of_name"]
-event = st.dataframe(shown[columns], hide_index=True, width="stretch", key="var_table",
-                     on_select="rerun", selection_mode="single-row",
-                     column_config={"slot_of_name": "slot of", "nbytes": "bytes"})
+# Keyed by the filters: a row selected under other filters must not pick a row of this table.
+table_key = "var_table_" + str(abs(hash((tuple(kinds), tuple(layers), tuple(dtypes),
+                                         pattern if len(shown) else ""))))
+event = st.dataframe(views.display_table(shown), hide_index=True, width="stretch",
+                     key=table_key, on_select="rerun", selection_mode="single-row",
+                     height=min(913, 35 * (len(shown) + 1) + 3),
+                     column_config={"slot_of_name": "slot of", "nbytes": "bytes",
+                                    "numel": "elements", "key": "raw key"})
+st.caption(f"{len(shown):,} of {len(table):,} variables")
 st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(index=False),
                    file_name="variables.csv", mime="text/csv")
 
 # The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME).
 names = list(shown["name"]) or list(table["name"])
 selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
-if selected_rows:
-    st.session_state["tensor"] = shown.iloc[selected_rows[0]]["name"]
+if selected_rows and selected_rows[0] < len(shown):
+    picked = shown.iloc[selected_rows[0]]["name"]
+    if st.session_state.get("_picked_row") != (table_key, picked):
+        st.session_state["_picked_row"] = (table_key, picked)
+        st.session_state["tensor"] = picked
 if st.session_state.get("tensor") not in names:
-    wanted = st.query_params.get("tensor")
+    wanted = st.session_state.get("_tensor") or st.query_params.get("tensor")
     preferred = table[table["kind"] == "weight"]["name"]
     st.session_state["tensor"] = (wanted if wanted in names else
                                   next((n for n in preferred if n in names), names[0]))
 name = st.selectbox("Tensor", names, key="tensor")
+st.session_state["_tensor"] = name  # kept across pages (the widget's own state is not)
+sync_url(tensor=name)
 row = table[table["name"] == name].iloc[0]
 
 st.subheader(name)
@@ -113,11 +151,12 @@ except Exception as exc:
 left, right = st.columns(2)
 _render_stats(view, name, left)
 if view.heat is not None:
-    sr, sc = view.heat_strides
-    note = "" if (sr, sc) == (1, 1) else f" (block means of {sr}x{sc} cells)"
+    rows_title, cols_title, note = views.heat_axes(view.shape, view.heat_strides)
     lo, hi = view.stats["min"], view.stats["max"]
     diverging = lo is not None and hi is not None and lo < 0 < hi
-    right.plotly_chart(charts.heatmap(view.heat, f"heatmap{note}", diverging=diverging),
+    right.plotly_chart(charts.heatmap(view.heat, "heatmap" + (f" ({note})" if note else ""),
+                                      diverging=diverging, bad=view.heat_bad,
+                                      axes=(rows_title, cols_title), value_range=(lo, hi)),
                        width="stretch", key="heatmap")
 
 slots = table[table["slot_of"] == row["key"]]
@@ -140,6 +179,6 @@ if len(slots):
     st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch",
                  key="slot_stats", column_config={c: number for c in
                                                   ("min", "max", "mean", "std", "l2", "zeros")})
-elif row["slot_of"]:
+elif isinstance(row["slot_of"], str) and row["slot_of"]:
     owner = table[table["key"] == row["slot_of"]]
     st.info(f"This is the `{row['slot']}` slot of `{owner.iloc[0]['name'] if len(owner) else row['slot_of']}`.")

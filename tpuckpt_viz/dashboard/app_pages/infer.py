@@ -35,6 +35,8 @@ def _source():
     return source.kind, check_path(prefix), members
 
 
+inf.warm_up()  # TensorFlow's worker process starts now, so that Run does not wait for it
+
 try:
     kind, target, members = _source()
 except Exception as exc:  # never a traceback in the page
@@ -92,7 +94,7 @@ else:
                             index=steps.index(current) if current in steps else len(steps) - 1)
         target = members[steps.index(step)]
     try:
-        specs = inf.restored_model(target, None, device).specs
+        specs = inf.model_specs(target, None, device)
     except Exception as exc:
         show_error(exc)
         specs = []

@@ -1,0 +1,98 @@
+"""What a file is, told by its bytes rather than its name.
+
+People pass whatever their training wrote: a Keras HDF5 file without an extension, a ``.keras``
+zip, a TFLite flatbuffer, a frozen GraphDef, an ONNX model. The first bytes say which; files this
+tool reads go to their reader, the others get a message that names the format and what to do.
+Nothing here imports TensorFlow, except :func:`foreign_message` for a ``.pb`` (to tell a frozen
+GraphDef from other protobufs).
+"""
+
+from __future__ import annotations
+
+import os
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+# HDF5 may sit after a user block of 512, 1024, 2048, ... bytes.
+_HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)
+
+
+def is_local(path: str) -> bool:
+    """Whether ``path`` is on the local filesystem (no ``scheme://``)."""
+    return "://" not in str(path)
+
+
+def open_binary(path: str):
+    """A binary file object for ``path``: the local file, else ``tf.io.gfile`` (gs://, ram://)."""
+    if is_local(path):
+        return open(path, "rb")
+    from tpuckpt_viz.tfcompat import tf
+
+    return tf().io.gfile.GFile(path, "rb")
+
+
+def is_file(path: str) -> bool:
+    if is_local(path):
+        return os.path.isfile(path)
+    from tpuckpt_viz.tfcompat import tf
+
+    try:
+        return tf().io.gfile.exists(path) and not tf().io.gfile.isdir(path)
+    except Exception:
+        return False
+
+
+def head(path: str, size: int = 4104) -> bytes:
+    """The first ``size`` bytes of a file (b"" when it cannot be read)."""
+    try:
+        with open_binary(path) as f:
+            return f.read(size)
+    except Exception:
+        return b""
+
+
+def sniff(path: str) -> str | None:
+    """``"hdf5"``, ``"zip"``, ``"tflite"``, ``"onnx"`` or None, from the file's first bytes."""
+    data = head(path)
+    if any(data[o:o + 8] == HDF5_MAGIC for o in _HDF5_OFFSETS):
+        return "hdf5"
+    if data[:4] == ZIP_MAGIC:
+        return "zip"
+    if data[4:8] == b"TFL3":
+        return "tflite"
+    name = os.path.basename(str(path).rstrip("/")).lower()
+    if name.endswith(".onnx") or (data[:1] == b"\x08" and b"onnx" in data[:512].lower()):
+        return "onnx"
+    return None
+
+
+def _is_graphdef(path: str) -> bool:
+    try:
+        from tensorflow.core.framework import graph_pb2
+
+        with open_binary(path) as f:
+            raw = f.read(256 << 20)
+        graph = graph_pb2.GraphDef()
+        graph.ParseFromString(raw)
+        return len(graph.node) > 0
+    except Exception:
+        return False
+
+
+def foreign_message(path: str) -> str | None:
+    """A one-line message for a model file of another kind (TFLite, ONNX, frozen GraphDef),
+    or None when the file is none of them."""
+    kind = sniff(path)
+    if kind == "tflite":
+        return (f"{path} is a TensorFlow Lite flatbuffer (.tflite), not a checkpoint: its weights "
+                "are constants of a converted graph; open the checkpoint or SavedModel it was "
+                "converted from, or inspect it with tf.lite.Interpreter")
+    if kind == "onnx":
+        return (f"{path} is an ONNX model, not a TensorFlow checkpoint: open it with onnx or "
+                "Netron, or pass the TensorFlow checkpoint it was exported from")
+    name = os.path.basename(str(path).rstrip("/"))
+    if name.endswith(".pb") and name != "saved_model.pb" and _is_graphdef(path):
+        return (f"{path} is a frozen TensorFlow GraphDef: its weights were folded into "
+                "constants and it holds no variables; pass the checkpoint or SavedModel it "
+                "was frozen from")
+    return None
