@@ -16,7 +16,6 @@ The ``tensorflow.core...`` proto modules import all of TensorFlow (their parent 
 from __future__ import annotations
 
 import math
-import os
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -25,9 +24,9 @@ import google_crc32c
 import ml_dtypes
 import numpy as np
 
-from tpuckpt_viz.checkpoint import storage, table
-from tpuckpt_viz.errors import UserError, first_line
-from tpuckpt_viz.tfcompat import tf
+from tpuckpt_viz.checkpoint import shards, storage, table
+from tpuckpt_viz.checkpoint.shards import Range, ReadPlan
+from tpuckpt_viz.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from tensorflow.core.protobuf.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
@@ -124,104 +123,57 @@ def read_index(prefix: str) -> BundleIndex:
     return BundleIndex(prefix=prefix, header=header, entries=entries)
 
 
-def _streamable(index: BundleIndex, key: str):
+def plan(index: BundleIndex, key: str) -> ReadPlan:
+    """The read plan of ``key``: its byte range in its data shard and crc32c where it can be
+    streamed (see :func:`can_stream`), else a plan without ranges (read it whole through
+    TensorFlow's reader)."""
     entry = index.entries.get(key)
     if entry is None:
         raise UserError(f"no tensor {key!r} in {index.prefix}.index: list the checkpoint to see its keys")
+    shape = tuple(int(d.size) for d in entry.shape.dim)
     if not can_stream(entry):
+        return ReadPlan(key, shape)
+    dt = numpy_dtype(entry.dtype)
+    if index.header.endianness == 1:  # BIG: a bundle written on a big-endian host
+        dt = dt.newbyteorder(">")
+    path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
+    return ReadPlan(key, shape, dt, (Range(path, int(entry.offset), int(entry.size)),),
+                    int(entry.crc32c))
+
+
+def _streamable(index: BundleIndex, key: str) -> ReadPlan:
+    p = plan(index, key)
+    if not p.streamable:
+        entry = index.entries[key]
         raise UserError(f"{key} ({dtype_name(entry.dtype)}{', sliced' if entry.slices else ''}) "
                         "cannot be streamed: read it through TensorFlow's reader")
-    return entry
+    return p
 
 
 def iter_chunks(index: BundleIndex, key: str, chunk_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
     """Yield the tensor ``key`` as flat 1-D arrays of at most ``chunk_bytes`` each, in order.
 
     Reads straight from the data shard, so memory stays bounded whatever the tensor's size;
-    the arrays are read-only views of the bytes read, in the stored (little-endian) order.
-    An unknown key, a tensor that cannot be streamed (see :func:`can_stream`) or a missing
-    shard raise :class:`UserError` at the call; a short shard while streaming; a checksum
-    mismatch after the last chunk, so keep results only once the iterator is exhausted.
+    the arrays are read-only views of the bytes read, in the stored byte order. An unknown
+    key, a tensor that cannot be streamed (see :func:`can_stream`) or a missing shard raise
+    :class:`UserError` at the call; a short shard while streaming; a checksum mismatch after
+    the last chunk, so keep results only once the iterator is exhausted
+    (:func:`tpuckpt_viz.checkpoint.shards.iter_chunks`).
     """
-    entry = _streamable(index, key)
-    path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
-    local = storage.local_path(path)
-    if local is not None:
-        exists = os.path.isfile(local)
-    else:
-        try:
-            exists = tf().io.gfile.exists(path)
-        except tf().errors.OpError as e:
-            raise UserError(f"cannot read {path}: {first_line(e)}") from None
-    if not exists:
-        raise UserError(f"missing data file {path}: copy every .data-* shard next to the .index")
-    return _stream(entry, key, path, local, index.header.endianness, chunk_bytes)
-
-
-def _stream(entry, key: str, path: str, local: str | None, endianness: int,
-            chunk_bytes: int) -> Iterator[np.ndarray]:
-    dt = numpy_dtype(entry.dtype)
-    if endianness == 1:  # BIG: a bundle written on a big-endian host
-        dt = dt.newbyteorder(">")
-    step = max(dt.itemsize, chunk_bytes // dt.itemsize * dt.itemsize)  # whole items only
-    short = f"data for {key} in {path} ends early: the shard is truncated; copy it again"
-    crc, left = 0, entry.size
-    try:
-        with (open(local, "rb", buffering=0) if local is not None
-              else tf().io.gfile.GFile(path, "rb")) as f:
-            f.seek(entry.offset)
-            while local is not None and left:
-                # Into a fresh numpy array: numpy asks for huge pages on large allocations, so
-                # a chunk costs a few page faults instead of one per 4 KB (measured 0.11 s
-                # against 0.12 to 0.42 s per GiB for bytes from read()).
-                n = min(step, left)
-                arr = np.empty(n, np.uint8)
-                got = 0
-                while got < n:
-                    r = f.readinto(arr[got:])
-                    if not r:
-                        raise UserError(short)
-                    got += r
-                crc = google_crc32c.extend(crc, arr)
-                left -= n
-                arr.flags.writeable = False
-                yield arr.view(dt)
-            while left:
-                buf = f.read(min(step, left))
-                if not buf:
-                    raise UserError(short)
-                # read() may return a short count on remote filesystems: yield whole items only.
-                if len(buf) % dt.itemsize:
-                    buf += f.read(dt.itemsize - len(buf) % dt.itemsize)
-                    if len(buf) % dt.itemsize:
-                        raise UserError(short)
-                crc = google_crc32c.extend(crc, buf)
-                left -= len(buf)
-                yield np.frombuffer(buf, dtype=dt)
-    except UserError:
-        raise
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    except Exception as e:
-        if local is None and isinstance(e, tf().errors.OpError):
-            raise UserError(f"cannot read {path}: {first_line(e)}") from None
-        raise
-    if table.mask(crc) != entry.crc32c:
-        raise UserError(f"data for {key} in {path} fails its checksum: the shard is corrupt; "
-                        "copy it again from the source")
+    return shards.iter_chunks(_streamable(index, key), chunk_bytes)
 
 
 def read_tensor(index: BundleIndex, key: str) -> np.ndarray:
     """The whole tensor ``key`` in its shape (a convenience over :func:`iter_chunks`)."""
-    entry = _streamable(index, key)
+    p = _streamable(index, key)
     chunks = iter_chunks(index, key)
     # Fill one preallocated array: concatenating chunks would hold the tensor twice.
-    out = np.empty(_numel(entry), dtype=numpy_dtype(entry.dtype))
+    out = np.empty(p.numel, dtype=p.dtype)
     pos = 0
     for chunk in chunks:
         out[pos : pos + chunk.size] = chunk
         pos += chunk.size
-    return out.reshape([d.size for d in entry.shape.dim])
+    return out.reshape(p.shape)
 
 
 def read_scalar_string(index: BundleIndex, key: str) -> bytes | None:
@@ -239,14 +191,13 @@ def read_scalar_string(index: BundleIndex, key: str) -> bytes | None:
         return None
     path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
     try:
-        with tf().io.gfile.GFile(path, "rb") as f:
-            f.seek(entry.offset)
-            raw = f.read(entry.size)
-    except Exception:  # a missing or unreadable shard: TensorFlow's reader says which
+        with shards.open_shard(path) as f:
+            raw = shards.read_exact(f, int(entry.offset), int(entry.size), key)
+    except UserError:  # a missing or unreadable shard: TensorFlow's reader says which
         return None
     try:
         length, pos = table.varint(raw, 0)
-    except (IndexError, ValueError):
+    except ValueError:
         return None
     if pos + 4 + length != len(raw):
         return None
