@@ -83,19 +83,10 @@ def _checked(row):
     return parse
 
 
-def _add_cluster(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="read on the Dask cluster at ADDRESS (tcp://host:8786); "
-                        "environment: TPUCKPT_SCHEDULER")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="read on a local Dask cluster of N processes, shut down at the end; "
-                        "environment: TPUCKPT_WORKERS")
-
-
 def _cluster(args):
     from tpuckpt_viz.engine.cluster import connect
 
-    return connect(args.scheduler, args.workers)
+    return connect(args.scheduler, int(args.workers) if args.workers else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", metavar="REGEX", help=MATCH_HELP)
     _add_settings(p, "stats")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("diff", help="compare two checkpoints variable by variable",
                        description="One record per variable of either checkpoint: status, "
@@ -132,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair variables by readable name (default) or raw key")
     _add_settings(p, "diff")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("steps", help="follow every variable across the checkpoints of a run",
                        description="One record per (step, variable) across every checkpoint "
@@ -145,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=KIND_CHOICES, help=KIND_HELP)
     _add_settings(p, "steps")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("infer", help="run test inputs through a SavedModel or restored model",
                        description="Run inputs through a SavedModel signature, or through a "

@@ -608,13 +608,8 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
 
 
 def _from_settings() -> tuple[str | None, int | None]:
-    scheduler = config.get("scheduler").strip() or None
-    raw = config.get("workers").strip()
-    try:
-        workers = int(raw) if raw else None
-    except ValueError:
-        raise UserError(f"TPUCKPT_WORKERS={raw!r} is not a number of worker processes") from None
-    return scheduler, workers
+    workers = config.value("workers") if config.get("workers").strip() else None
+    return config.get("scheduler").strip() or None, workers
 
 
 _shared: dict = {}
