@@ -344,3 +344,20 @@ def test_compare_page_on_the_cluster(app_env, cluster, monkeypatch):
     assert len(local) == len(remote) >= 2
     for x, y in zip(local, remote):
         assert x.equals(y)
+
+
+# ------------------------------------------------------------------------ the benchmark
+
+def test_cluster_benchmark_runs(tmp_path):
+    """``bench.py --cluster --quick`` prints its figures (timings are not checked here)."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--cluster",
+                          "--quick"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    for name in ("in_process", "workers_1", "workers_2"):
+        figures = result["cluster"][name]
+        assert figures["stats_gb_s"] > 0 and figures["diff_gb_s"] > 0, name
+    assert result["per_worker_gb_s"] > 0 and result["estimate"]["hours"] > 0
+    assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
