@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from tpuckpt_viz import sandbox
-from tpuckpt_viz.checkpoint import bundle, shards, storage
+from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
 from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
@@ -179,6 +179,8 @@ class Checkpoint:
                 return (index_file, st.st_size, st.st_mtime_ns)
             except OSError:
                 pass
+        elif remote.handles(index_file):  # gs://: from the folder's (cached) listing
+            return (index_file, storage.size(index_file), remote.mtime_ns(index_file))
         else:
             gfile = tf().io.gfile
             try:
@@ -245,7 +247,10 @@ class Checkpoint:
         """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
         entry = self._check(key)
         plan = self.plan(key)
-        if plan.streamable and entry.nbytes > self.settings.slice_bytes:
+        # gs:// and other fsspec URLs: every streamable tensor in one ranged request of its
+        # own bytes; TensorFlow's reader would fetch through its own client (64 MB blocks).
+        if plan.streamable and (entry.nbytes > self.settings.slice_bytes
+                                or remote.handles(self.prefix)):
             out = np.empty(plan.numel, plan.dtype)  # one array: chunks are copied in
             pos = 0
             for chunk in shards.iter_chunks(plan, self.settings.chunk_bytes):
@@ -267,7 +272,7 @@ class Checkpoint:
         chunk_bytes = chunk_bytes or self.settings.chunk_bytes
         threshold = self.settings.slice_bytes if threshold_bytes is None else threshold_bytes
         plan = self.plan(key)
-        if plan.streamable and entry.nbytes > threshold:
+        if plan.streamable and (entry.nbytes > threshold or remote.handles(self.prefix)):
             yield from shards.iter_chunks(plan, chunk_bytes)
             return
         yield from whole_chunks(np.asarray(self.read_raw(key)), chunk_bytes)
