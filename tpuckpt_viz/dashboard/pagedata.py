@@ -202,7 +202,8 @@ def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
         mask &= table["dtype"].isin(dtypes)
     if pattern:
         regex = compile_user(pattern, "name filter")  # RE2: linear time, cannot stall the server
-        mask &= [search_any(regex, name, key) for name, key in zip(table["name"], table["key"])]
+        mask &= pd.Series([search_any(regex, name, key) for name, key in
+                           zip(table["name"], table["key"])], index=table.index, dtype=bool)
     return table[mask]
 
 
