@@ -172,15 +172,15 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
     if getattr(ckpt, "format", None) == "keras":
         # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
         # optimizer's iterations that the file holds (docs/reference.md, steps records).
-        from tpuckpt_viz.checkpoint.paths import keras_file_number
+        from tpuckpt_viz.checkpoint.paths import keras_run_number
 
-        number = keras_file_number(ckpt.prefix)
+        number = keras_run_number(ckpt.prefix)  # None for a lone file ("resnet50.h5")
         if number is not None:
-            return number
+            return number, "file name"
         if ckpt.iterations_key:
             value = _scalar(ckpt, ckpt.iterations_key)
             if value is not None:
-                return value
+                return value, "optimizer iterations"
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 
