@@ -390,6 +390,7 @@ def make_examples(features: Mapping[str, Any], dtypes: Mapping[str, str] | None 
     "int64", "string"; see ``example_features``) picks the feature's list type; without
     it the Python values decide (floats -> float_list, ints -> int64_list, text -> bytes_list).
     """
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.example import example_pb2
 
     columns = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v])

@@ -119,6 +119,7 @@ def clear_cache() -> None:
 def read_saved_model(path: str):
     """The ``SavedModel`` proto of folder ``path`` (cached while the file is unchanged)."""
     from google.protobuf import text_format
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import saved_model_pb2
 
     gfile = tf().io.gfile
