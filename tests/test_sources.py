@@ -1,4 +1,4 @@
-"""What a PATH means (tpuckpt_viz.checkpoint.paths): every form that DESIGN.md lists, and the errors.
+"""What a PATH means (tpuckpt_viz.checkpoint.paths): every form docs/reference.md lists; errors.
 
 Checkpoints here are real: copies of ``../shared/checkpoints/tf2onnx_regression/checkpoint``
 under other prefixes (a bundle does not record its own prefix), and small ones that

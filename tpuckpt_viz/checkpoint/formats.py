@@ -30,9 +30,8 @@ def open_binary(path: str):
         return open(path, "rb")
     from tpuckpt_viz.checkpoint import remote
 
-    if remote.handles(path):
-        fs = remote.filesystem(path)
-        return fs.open(path, "rb")
+    if remote.handles(path):  # gs:// and other fsspec URLs
+        return remote.open_file(path)
     from tpuckpt_viz.tfcompat import tf
 
     return tf().io.gfile.GFile(path, "rb")
@@ -44,7 +43,10 @@ def is_file(path: str) -> bool:
     from tpuckpt_viz.checkpoint import remote
 
     if remote.handles(path):
-        return remote.exists(path) and not remote.isdir(path)
+        try:
+            return remote.info(path)["type"] == "file"
+        except remote.RemoteError:
+            return False
     from tpuckpt_viz.tfcompat import tf
 
     try:

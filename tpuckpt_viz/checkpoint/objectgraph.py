@@ -82,9 +82,9 @@ def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) 
 
 def parse(serialized: bytes) -> ObjectGraphInfo:
     """Read a serialized ``TrackableObjectGraph`` into names and slot links."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    from tpuckpt_viz.checkpoint.protos import TrackableObjectGraph  # no TensorFlow import
 
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph = TrackableObjectGraph()
     graph.ParseFromString(serialized)
     info = ObjectGraphInfo()
     node_key: dict[int, str] = {}

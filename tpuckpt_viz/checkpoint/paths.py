@@ -246,17 +246,15 @@ def _read_state(directory: str):
         return None
     from google.protobuf import text_format
 
-    tf()  # the quiet import first (tfcompat): importing the protos alone would print TF's banner
-    from tensorflow.core.protobuf import saver_pb2  # noqa: F401
-    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
-    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
+    from tpuckpt_viz.checkpoint import storage
+    from tpuckpt_viz.checkpoint.protos import CheckpointState  # no TensorFlow import
 
     try:
         if remote.handles(state_path):
             raw = remote.read_range(state_path, 0, 1 << 20)
-        else:
-            with _gfile().GFile(state_path, "rb") as f:
-                raw = f.read(1 << 20)
+        else:  # a regular file only: a named pipe here never blocks
+            with storage.open_input(state_path) as f:
+                raw = storage.read_range(f, 0, 1 << 20)
         text = raw.decode("utf-8")
         return text_format.Parse(text, CheckpointState())
     except Exception:  # a garbage or binary state file: fall back to the *.index files

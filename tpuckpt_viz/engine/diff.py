@@ -162,8 +162,8 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
                          ) -> tuple[int | None, str | None]:
     """The training step a checkpoint was saved at, and where it came from.
 
-    In order (DESIGN.md section 3): a step variable (``global_step``, or the object path
-    ``step``), else the optimizer's iterations, else the number in the file name, else
+    In order (docs/reference.md, steps records): a step variable (``global_step``, or the object
+    path ``step``), else the optimizer's iterations, else the number in the file name, else
     ``save_counter``. The file number comes before ``save_counter`` because
     ``CheckpointManager.save(checkpoint_number=step)`` names files by step while
     ``save_counter`` only counts saves. For Keras files (``ModelCheckpoint``) the number in
@@ -171,7 +171,7 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
     """
     if getattr(ckpt, "format", None) == "keras":
         # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
-        # optimizer's iterations that the file holds (DESIGN.md section 3).
+        # optimizer's iterations that the file holds (docs/reference.md, steps records).
         from tpuckpt_viz.checkpoint.paths import keras_run_number
 
         number = keras_run_number(ckpt.prefix)  # None for a lone file ("resnet50.h5")
