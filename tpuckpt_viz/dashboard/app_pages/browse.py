@@ -87,6 +87,9 @@ except Exception as exc:  # a bad regular expression: say so, and change nothing
     f4.error(f"bad name pattern: {exc}: fix the regular expression")
     shown = views.filter_table(table, kinds, layers, dtypes, "")
 
+# Model variables first (weights, biases, ...), then slots and state; by name within a kind.
+shown = shown.assign(_rank=shown["kind"].map({k: i for i, k in enumerate(KINDS)})).sort_values(
+    ["_rank", "name"], kind="stable").drop(columns="_rank")
 # Keyed by the filters: a row selected under other filters must not pick a row of this table.
 table_key = "var_table_" + str(abs(hash((tuple(kinds), tuple(layers), tuple(dtypes),
                                          pattern if len(shown) else ""))))
@@ -137,8 +140,9 @@ def _render_stats(view, title: str, column, label: str | None = None) -> None:
     if len(view.counts):
         note = (f"all {view.finite:,} finite values" if view.sampled >= view.finite
                 else f"sampled {view.sampled:,} of {view.finite:,} finite values")
+        # The name is the heading above: a title holds only what fits half a page.
         column.plotly_chart(charts.histogram(view.counts, view.edges,
-                                             f"{label or title}: histogram ({note})"),
+                                             f"{label + ': ' if label else ''}histogram ({note})"),
                             width="stretch", key=f"hist_{title}")
 
 
