@@ -117,7 +117,7 @@ if st.session_state.get("tensor") not in names:
                                   next((n for n in preferred if n in names), names[0]))
 name = st.selectbox("Tensor", names, key="tensor")
 st.session_state["_tensor"] = name  # kept across pages (the widget's own state is not)
-sync_url(tensor=name)
+sync_url(tensor=name, a=None, b=None, run=None)  # only what this page shows
 row = table[table["name"] == name].iloc[0]
 
 st.subheader(name)

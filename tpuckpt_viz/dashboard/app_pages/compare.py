@@ -144,7 +144,7 @@ with two:
                 st.caption(f"A = {_describe(ckpt_a.prefix)} · B = {_describe(ckpt_b.prefix)}")
         except Exception as exc:
             show_error(exc)
-    sync_url(ckpt=current, a=path_a.strip(), b=path_b.strip(), run=run_dir)
+    sync_url(ckpt=current, a=path_a.strip(), b=path_b.strip(), run=run_dir, tensor=None)
     if table is not None:
         # The object graph is not a variable: out of the page's counts and tables.
         table = table[(table["key_a"] != OBJECT_GRAPH_KEY) & (table["key_b"] != OBJECT_GRAPH_KEY)]
