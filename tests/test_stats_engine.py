@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tpuckpt_viz.checkpoint import bundle
-from tpuckpt_viz.checkpoint.reader import open_checkpoint
+from tpuckpt_viz.checkpoint.paths import resolve_checkpoint
+from tpuckpt_viz.checkpoint.reader import Checkpoint, ReadSettings, open_checkpoint
 from tpuckpt_viz.engine import diff, stats
 from tpuckpt_viz.engine.stats import Accumulator, PairAccumulator, iter_stats, tensor_stats
 from tpuckpt_viz.errors import UserError
@@ -147,13 +148,13 @@ def test_streamed_equals_whole_read_exactly(made, name):
 
 
 def test_lowered_slice_threshold_streams_and_agrees(made, monkeypatch):
-    """With TPUCKPT_SLICE_MB=0 every tensor is sliced from its shard by the reader itself."""
+    """With a slice threshold of 0 every tensor is sliced from its shard by the reader itself."""
     prefix, _ = made
     ckpt = open_checkpoint(prefix)
     whole = {k: tensor_stats(ckpt, k, threshold_bytes=1 << 40, chunk_bytes=1 << 20)
              for k in ("normal", "planted", "bf16")}
-    monkeypatch.setenv("TPUCKPT_SLICE_MB", "0")
-    monkeypatch.setenv("TPUCKPT_CHUNK_MB", "1")
+    # Settings are read once, when a checkpoint opens (slice_mb 0 is below the setting's floor).
+    ckpt = Checkpoint(resolve_checkpoint(prefix), settings=ReadSettings(1 << 20, 0))
     for key, want in whole.items():
         acc = Accumulator()
         chunks = list(ckpt.chunks(key))
@@ -301,6 +302,7 @@ def test_compare_tensors_streams_like_whole(made, monkeypatch):
     for field, want in ref.items():
         assert got[field] == pytest.approx(want, rel=1e-6), field
     monkeypatch.setenv("TPUCKPT_CHUNK_MB", "1")  # several chunks: read ahead in a thread
+    ckpt = open_checkpoint(prefix)  # settings are read once, when a checkpoint is opened
     again = diff.compare_tensors(ckpt, "normal", ckpt, "gamma")
     for field, want in ref.items():
         assert again[field] == pytest.approx(want, rel=1e-6), field

@@ -2,8 +2,8 @@
 
 TensorFlow's ``CheckpointReader`` is the reference for what a checkpoint holds and reads every
 ordinary tensor. It cannot read part of a tensor, so tensors larger than the slice threshold
-are streamed straight from their data shard through :mod:`tpuckpt_viz.checkpoint.bundle` (a few MB at a
-time, checksummed). Sliced (partitioned) variables and string tensors always go through
+are streamed straight from their data shard (:meth:`Checkpoint.plan` says how, and
+:mod:`tpuckpt_viz.checkpoint.shards` reads it: a few MB at a time, checksummed). Sliced (partitioned) variables and string tensors always go through
 TensorFlow's reader.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,11 +20,27 @@ from typing import Iterator
 import numpy as np
 
 from tpuckpt_viz import config, sandbox
-from tpuckpt_viz.checkpoint import bundle
+from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
+from tpuckpt_viz.checkpoint.shards import ReadPlan
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """The read settings, read once when a checkpoint is opened and passed down from there:
+    ``chunk_bytes`` (``chunk_mb``), the size of one streamed chunk, and ``slice_bytes``
+    (``slice_mb``), above which :meth:`Checkpoint.read` and :meth:`Checkpoint.chunks` stream a
+    tensor from its shard instead of asking TensorFlow's reader."""
+
+    chunk_bytes: int
+    slice_bytes: int
+
+    @classmethod
+    def from_config(cls) -> ReadSettings:
+        return cls(config.get_int("chunk_mb") << 20, config.get_int("slice_mb") << 20)
 
 
 @dataclass(frozen=True)
@@ -69,8 +86,10 @@ def bundle_numpy_dtype(name: str):
 class Checkpoint:
     """A checkpoint opened for reading. Safe to share between threads (dashboard sessions)."""
 
-    def __init__(self, resolved: Resolved, path: str | None = None):
+    def __init__(self, resolved: Resolved, path: str | None = None,
+                 settings: ReadSettings | None = None):
         self.resolved = resolved
+        self.settings = settings or ReadSettings.from_config()
         self.path = path or resolved.prefix
         self.prefix = resolved.prefix
         self.format = resolved.format
@@ -83,9 +102,10 @@ class Checkpoint:
             # TensorFlow's reader stays the reference for reading whole tensors.
             try:
                 self.index = bundle.read_index(resolved.prefix)
-            except UserError:
+            except bundle.Unsupported:
                 # Our reader refuses what it does not know (a compressed table, say): if
-                # TensorFlow opens the bundle, list and read through it instead.
+                # TensorFlow opens the bundle, list and read through it instead. A damaged
+                # or hostile index (any other UserError) never reaches TensorFlow.
                 try:
                     self.tf_reader()
                 except UserError:
@@ -103,21 +123,25 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed = {}
+        renamed, shapes = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
+            if key in self.index.shapes:
+                shapes[shown] = self.index.shapes[key]
         entries.clear()
         entries.update(renamed)
+        self.index.shapes.clear()
+        self.index.shapes.update(shapes)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
         if self.index is not None:
-            items = ((key, tuple(d.size for d in proto.shape.dim),
-                      bundle.dtype_name(proto.dtype), proto.size)
+            shapes = self.index.shapes  # read from the protos once, by the validation
+            items = ((key, shapes[key], bundle.dtype_name(proto.dtype), proto.size)
                      for key, proto in self.index.entries.items())
         else:
             reader = self.tf_reader()
@@ -163,17 +187,26 @@ class Checkpoint:
         """What identifies this checkpoint's content for caches: the index file's size and
         modification time, or its content hash where the filesystem keeps no time (ram://)."""
         index_file = self.prefix + ".index" if self.format == "v2" else self.prefix
-        gfile = tf().io.gfile
-        try:
-            stat = gfile.stat(index_file)
-            if stat.mtime_nsec:
-                return (index_file, stat.length, stat.mtime_nsec)
-        except Exception:  # no stat on this filesystem: hash instead
-            pass
+        local = storage.local_path(index_file)
+        if local is not None:
+            try:
+                st = os.stat(local)
+                return (index_file, st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        elif remote.handles(index_file):  # gs://: from the folder's (cached) listing
+            return (index_file, storage.size(index_file), remote.mtime_ns(index_file))
+        else:
+            gfile = tf().io.gfile
+            try:
+                stat = gfile.stat(index_file)
+                if stat.mtime_nsec:
+                    return (index_file, stat.length, stat.mtime_nsec)
+            except Exception:  # no stat on this filesystem: hash instead
+                pass
         import hashlib
 
-        with gfile.GFile(index_file, "rb") as f:
-            return (index_file, hashlib.sha256(f.read()).hexdigest())
+        return (index_file, hashlib.sha256(storage.read_all(index_file)).hexdigest())
 
     # -- reading ---------------------------------------------------------------------------
     def _missing_shard(self, key: str) -> str | None:
@@ -181,11 +214,13 @@ class Checkpoint:
             return None
         entry = self.index.entries[key]
         path = bundle.data_path(self.prefix, entry.shard_id, self.index.header.num_shards)
-        return None if tf().io.gfile.exists(path) else path
+        return None if storage.exists(path) else path
 
     def _check(self, key: str) -> Entry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.prefix}: run `list` to see the keys")
+        if self.index is not None and key in self.index.entries:
+            bundle.check_readable(self.index, key)  # never handed to any reader
         missing = self._missing_shard(key)
         if missing:
             raise UserError(f"cannot read {key}: missing data file {missing}: copy every "
@@ -197,6 +232,11 @@ class Checkpoint:
         self._check(key)
         if self.streamable(key):  # plain numbers: our own reader; TensorFlow's for the rest
             return bundle.read_tensor(self.index, key)
+        if self.index is not None and key in self.index.entries:
+            strings = bundle.read_strings(self.index, key)
+            if strings is not None:  # as TensorFlow returns them: bytes, or an object array
+                shape = self.entries[key].shape
+                return strings[0] if not shape else np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
@@ -204,40 +244,63 @@ class Checkpoint:
         except Exception as exc:
             raise UserError(f"cannot read {key} from {self.prefix}: {first_line(exc)}")
 
-    def read(self, key: str) -> np.ndarray:
-        """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+    def plan(self, key: str) -> ReadPlan:
+        """How to read ``key`` (:class:`tpuckpt_viz.checkpoint.shards.ReadPlan`): its byte
+        range, dtype and checksum where it can be streamed from its data shard (plain,
+        unsliced, numeric), else a plan without ranges: read it whole (:meth:`read_raw`)."""
         entry = self._check(key)
-        if self.streamable(key) and entry.nbytes > config.get_int("slice_mb") << 20:
-            chunks = list(self.chunks(key))  # checksummed path, same bytes
-            flat = np.concatenate(chunks) if chunks else np.empty(0, bundle_numpy_dtype(entry.dtype))
-            return flat.reshape(entry.shape)
-        return np.asarray(self.read_raw(key))
+        if self.index is not None and key in self.index.entries:
+            return bundle.plan(self.index, key)
+        return ReadPlan(key, entry.shape)
 
     def streamable(self, key: str) -> bool:
         """Whether ``key`` can be streamed from its data shard (plain, unsliced, numeric)."""
         return (self.index is not None and key in self.index.entries
                 and bundle.can_stream(self.index.entries[key]))
 
+    def read(self, key: str) -> np.ndarray:
+        """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        entry = self._check(key)
+        plan = self.plan(key)
+        # gs:// and other fsspec URLs: every streamable tensor in one ranged request of its
+        # own bytes; TensorFlow's reader would fetch through its own client (64 MB blocks).
+        if plan.streamable and (entry.nbytes > self.settings.slice_bytes
+                                or remote.handles(self.prefix)):
+            out = np.empty(plan.numel, plan.dtype)  # one array: chunks are copied in
+            pos = 0
+            for chunk in shards.iter_chunks(plan, self.settings.chunk_bytes):
+                out[pos:pos + chunk.size] = chunk
+                pos += chunk.size
+            return out.reshape(entry.shape)
+        return np.asarray(self.read_raw(key))
+
     def chunks(self, key: str, chunk_bytes: int | None = None,
                threshold_bytes: int | None = None) -> Iterator[np.ndarray]:
         """Yield the tensor as flat 1-D arrays, in order.
 
-        Tensors above ``threshold_bytes`` (the ``slice_mb`` setting) that can be streamed come
-        from the data shard ``chunk_bytes`` at a time; the rest are read whole and yielded as
-        slices of ``chunk_bytes``, so callers see one shape of data either way.
+        Tensors above ``threshold_bytes`` (default: the ``slice_mb`` setting) that can be
+        streamed come from the data shard ``chunk_bytes`` (default: ``chunk_mb``) at a time;
+        the rest are read whole and yielded as slices of ``chunk_bytes``, so callers see one
+        shape of data either way.
         """
         entry = self._check(key)
-        chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
-        threshold = config.get_int("slice_mb") << 20 if threshold_bytes is None else threshold_bytes
-        if self.streamable(key) and entry.nbytes > threshold:
-            yield from bundle.iter_chunks(self.index, key, chunk_bytes)
+        chunk_bytes = chunk_bytes or self.settings.chunk_bytes
+        threshold = self.settings.slice_bytes if threshold_bytes is None else threshold_bytes
+        plan = self.plan(key)
+        if plan.streamable and (entry.nbytes > threshold or remote.handles(self.prefix)):
+            yield from shards.iter_chunks(plan, chunk_bytes)
             return
-        flat = np.asarray(self.read_raw(key)).reshape(-1)
-        step = max(1, chunk_bytes // max(flat.itemsize, 1))
-        for start in range(0, flat.size, step):
-            yield flat[start:start + step]
-        if flat.size == 0:
-            yield flat
+        yield from whole_chunks(np.asarray(self.read_raw(key)), chunk_bytes)
+
+
+def whole_chunks(array: np.ndarray, chunk_bytes: int) -> Iterator[np.ndarray]:
+    """A tensor read whole, as flat slices of about ``chunk_bytes`` (one empty one when empty)."""
+    flat = array.reshape(-1)
+    step = max(1, chunk_bytes // max(flat.itemsize, 1))
+    for start in range(0, flat.size, step):
+        yield flat[start:start + step]
+    if flat.size == 0:
+        yield flat
 
 
 def open_checkpoint(path: str) -> Checkpoint:

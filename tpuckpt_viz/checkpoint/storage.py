@@ -105,6 +105,13 @@ class Input:
             self._remote.close()
             self._remote = None
 
+    def __del__(self) -> None:  # a safety net: callers close their inputs
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
     def __enter__(self) -> Input:
         return self
 

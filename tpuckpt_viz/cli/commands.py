@@ -70,32 +70,32 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _checked(row):
-    def parse(text: str) -> str:
+    def parse(text: str):
         from tpuckpt_viz.errors import UserError
 
         try:
-            row.parse(text, source=repr(text))
+            return row.parse(text, source=repr(text))
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
 
     parse.__name__ = row.name
     return parse
 
 
-def _add_cluster(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="read on the Dask cluster at ADDRESS (tcp://host:8786); "
-                        "environment: TPUCKPT_SCHEDULER")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="read on a local Dask cluster of N processes, shut down at the end; "
-                        "environment: TPUCKPT_WORKERS")
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
 
 
 def _cluster(args):
     from tpuckpt_viz.engine.cluster import connect
 
-    return connect(args.scheduler, args.workers)
+    return connect(args.scheduler, int(args.workers) if args.workers else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tpuckpt-viz",
         description="Look inside TensorFlow checkpoints: browse, compare, infer.",
         epilog="Reference: docs/reference.md. Settings: environment variables TPUCKPT_*.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (COMMAND --help for its options)")
 
     p = sub.add_parser("list", help="one record per checkpoint entry",
                        description="One record per entry of the checkpoint: raw key, readable "
@@ -119,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", metavar="REGEX", help=MATCH_HELP)
     _add_settings(p, "stats")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("diff", help="compare two checkpoints variable by variable",
                        description="One record per variable of either checkpoint: status, "
@@ -132,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair variables by readable name (default) or raw key")
     _add_settings(p, "diff")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("steps", help="follow every variable across the checkpoints of a run",
                        description="One record per (step, variable) across every checkpoint "
@@ -145,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=KIND_CHOICES, help=KIND_HELP)
     _add_settings(p, "steps")
     _add_format(p)
-    _add_cluster(p)
 
     p = sub.add_parser("infer", help="run test inputs through a SavedModel or restored model",
                        description="Run inputs through a SavedModel signature, or through a "
@@ -162,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "not given are generated from the signature")
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "tpu"), default="auto",
                    help="where to run: auto tries TPU, then GPU, then CPU (default: auto)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="batch size of generated inputs (default: 4)")
+    p.add_argument("--batch", type=_positive, default=4, metavar="N",
+                   help="batch size of generated inputs, at least 1 (default: 4)")
     p.add_argument("--fill", choices=("random", "zeros", "ones"), default="random",
                    help="values of generated inputs (default: random normal)")
     _add_settings(p, "infer")

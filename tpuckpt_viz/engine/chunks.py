@@ -1,47 +1,23 @@
 """Tensors as flat chunks, in order, each read once: one tensor, or two side by side.
 
-Local shards of a V2 bundle are read with ``os.preadv`` and checked against their crc32c;
-other filesystems, strings, partitioned variables and V1 files go through
-:mod:`tpuckpt_viz.checkpoint.bundle` or TensorFlow's reader.
+Each tensor is read as its read plan says (:meth:`Checkpoint.plan`): a plan with byte ranges
+is streamed through :mod:`tpuckpt_viz.checkpoint.shards` (checked against its crc32c); the
+rest (strings, partitioned variables, V1 files) is read whole through the checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
 
-from tpuckpt_viz import config
+from tpuckpt_viz.checkpoint import shards
 from tpuckpt_viz.checkpoint.reader import Checkpoint
 from tpuckpt_viz.engine.reductions import scratch_buffer
 
 # Bytes of shard per unit of work (whole blocks of one tensor, or several small tensors).
 # Also the default chunk of :func:`reused_chunks`.
 UNIT_BYTES = 2 << 20
-
-
-def open_shard(path: str):
-    """A file descriptor for a local shard (shared by the workers through pread), or None
-    for other filesystems (read through tf.io.gfile)."""
-    from tpuckpt_viz.checkpoint import bundle, storage, table
-    from tpuckpt_viz.errors import UserError
-
-    local = storage.local_path(path)
-    if local is None:
-        from tpuckpt_viz.tfcompat import tf
-
-        if not tf().io.gfile.exists(path):
-            raise UserError(f"missing data file {path}: copy every .data-* shard next to the "
-                            ".index")
-        return None
-    try:
-        return os.open(local, os.O_RDONLY)
-    except FileNotFoundError:
-        raise UserError(f"missing data file {path}: copy every .data-* shard next to the "
-                        ".index") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
@@ -54,75 +30,38 @@ def tensor_chunks(ckpt: Checkpoint, key: str, chunk_bytes: int | None = None,
     that size are read whole by TensorFlow's reader, as :meth:`Checkpoint.chunks` does.
     Chunk boundaries are the same either way, so the statistics are too.
     """
-    if threshold_bytes is None and ckpt.streamable(key):
-        from tpuckpt_viz.checkpoint import bundle, storage, table
-
-        # bundle checks the shard itself (a missing shard is a UserError that says so).
-        chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
-        return bundle.iter_chunks(ckpt.index, key, chunk_bytes)
+    chunk_bytes = chunk_bytes or ckpt.settings.chunk_bytes
+    if threshold_bytes is None:
+        plan = ckpt.plan(key)
+        if plan.streamable:
+            return shards.iter_chunks(plan, chunk_bytes)
     return ckpt.chunks(key, chunk_bytes=chunk_bytes, threshold_bytes=threshold_bytes)
 
 
 def reused_chunks(ckpt: Checkpoint, key: str, slot: str,
                   chunk_bytes: int | None = None) -> Iterator[np.ndarray]:
-    """Like :func:`tensor_chunks`, but a local shard is read into this thread's scratch
+    """Like :func:`tensor_chunks`, but a streamed tensor is read into this thread's scratch
     buffer ``slot``: each chunk is valid only until the next one is asked for.
 
     For loops that reduce each chunk at once (the pairwise diff): reading into the same
     memory avoids a fresh allocation per chunk, whose page faults measured a third of the
-    read time. Checksummed as :func:`tpuckpt_viz.checkpoint.bundle.iter_chunks` does.
+    read time. Checksummed as every streamed read is.
     """
-    from tpuckpt_viz.checkpoint import bundle, storage, table
-    from tpuckpt_viz.errors import UserError
-
-    chunk_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
-    if not ckpt.streamable(key):
-        yield from ckpt.chunks(key, chunk_bytes=chunk_bytes)
-        return
-    index = ckpt.index
-    proto = index.entries[key]
-    path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
-    if storage.local_path(path) is None:
-        yield from bundle.iter_chunks(index, key, chunk_bytes)
-        return
-    import google_crc32c
-
-    dt = bundle.numpy_dtype(proto.dtype)
-    if index.header.endianness == 1:
-        dt = dt.newbyteorder(">")
-    size, offset = int(proto.size), int(proto.offset)
-    step = max(dt.itemsize, chunk_bytes // dt.itemsize * dt.itemsize)
-    fd = open_shard(path)
-    try:
-        buf = scratch_buffer(slot, max(1, min(step, size)), np.uint8)
-        crc = done = 0
-        while done < size:
-            n = min(step, size - done)
-            view = buf[:n]
-            got = 0
-            while got < n:
-                r = os.preadv(fd, [view[got:]], offset + done + got)
-                if not r:
-                    raise UserError(f"data for {key} in {path} ends early: the shard is "
-                                    "truncated; copy it again")
-                got += r
-            crc = google_crc32c.extend(crc, view)
-            done += n
-            yield view.view(dt)
-    finally:
-        os.close(fd)
-    if table.mask(crc) != proto.crc32c:
-        raise UserError(f"data for {key} in {path} fails its checksum: the shard is corrupt; "
-                        "copy it again from the source")
+    chunk_bytes = chunk_bytes or min(ckpt.settings.chunk_bytes, UNIT_BYTES)
+    plan = ckpt.plan(key)
+    if not plan.streamable:
+        return ckpt.chunks(key, chunk_bytes=chunk_bytes)
+    step = max(1, min(chunk_bytes, plan.nbytes))
+    return shards.iter_chunks(plan, chunk_bytes, buffer=scratch_buffer(slot, step, np.uint8))
 
 
 def pair_chunks(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str,
                 chunk_bytes: int | None = None) -> Iterator[tuple]:
     """Equal-length chunks of two tensors of the same shape and dtype, side by side, each
     read once (valid until the next pair is asked for)."""
-    a = reused_chunks(ckpt_a, key_a, "pair_a", chunk_bytes)
-    b = reused_chunks(ckpt_b, key_b, "pair_b", chunk_bytes)
-    if ckpt_a.streamable(key_a) and ckpt_b.streamable(key_b):
+    if ckpt_a.plan(key_a).streamable and ckpt_b.plan(key_b).streamable:
+        a = reused_chunks(ckpt_a, key_a, "pair_a", chunk_bytes)
+        b = reused_chunks(ckpt_b, key_b, "pair_b", chunk_bytes)
         # The same dtype and size on both sides: the chunks line up one to one.
         for ca, cb in zip(a, b, strict=True):
             yield ca, cb

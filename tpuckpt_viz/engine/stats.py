@@ -26,9 +26,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from tpuckpt_viz import config
 from tpuckpt_viz.checkpoint.reader import Checkpoint
-from tpuckpt_viz.engine.chunks import UNIT_BYTES, open_shard
+from tpuckpt_viz.checkpoint import shards, storage
+from tpuckpt_viz.engine.chunks import UNIT_BYTES
+from tpuckpt_viz.errors import UserError
 
 # Re-exported for the tests, which import them from here.
 from tpuckpt_viz.engine.reductions import (  # noqa: F401
@@ -115,14 +116,12 @@ _GAP = 64 << 10
 
 
 def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: int | None,
-          files: dict) -> Iterator[_Unit]:
-    """Units of work for ``keys``: first those TensorFlow's reader must read, then the data
-    shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint`` writes
-    a variable's slots far from it). Small tensors close together in a shard share a unit
-    (one read); large ones are cut at block boundaries."""
-    from tpuckpt_viz.checkpoint import bundle, storage, table
-
-    index = ckpt.index
+          files: shards.Shards, plans: dict) -> Iterator[_Unit]:
+    """Units of work for ``keys``: first those read whole through the checkpoint, then the
+    data shards front to back (the order on disk, not the keys': ``tf.train.Checkpoint``
+    writes a variable's slots far from it). Small tensors close together in a shard share a
+    unit (one read); large ones are cut at block boundaries. Fills ``plans`` (index -> the
+    tensor's :class:`ReadPlan`) for the checksums."""
     on_disk = []
     for i, key in enumerate(keys):
         entry = ckpt.entries.get(key)
@@ -130,23 +129,22 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
             kind = "check"
         elif not is_numeric(entry.dtype):
             kind = "string"
-        elif threshold_bytes is None and ckpt.streamable(key):
-            proto = index.entries[key]
-            path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
-            on_disk.append((path, int(proto.offset), i, key, proto))
-            continue
         else:
+            plan = ckpt.plan(key) if threshold_bytes is None else None
+            # One contiguous range per tensor is cut into units; anything else is read in turn.
+            if plan is not None and len(plan.ranges) == 1:
+                plans[i] = plan
+                r = plan.ranges[0]
+                on_disk.append((r.path, r.offset, i, key, plan))
+                continue
             kind = "tf"
         yield _Unit(kind, [_Piece(i, key, None, 0, 0, 0, True)])
     on_disk.sort(key=lambda t: t[:3])
     pending: _Unit | None = None
-    for path, offset, i, key, proto in on_disk:
-        dt = bundle.numpy_dtype(proto.dtype)
-        if index.header.endianness == 1:
-            dt = dt.newbyteorder(">")
-        if path not in files:
-            files[path] = open_shard(path)
-        size = int(proto.size)
+    for path, offset, i, key, plan in on_disk:
+        dt = plan.dtype
+        files.get(path)  # opened once; a missing shard is a UserError here
+        size = plan.ranges[0].nbytes
         if pending is not None and pending.path == path:
             start = offset - pending.offset
             if (0 <= start - pending.nbytes <= _GAP and start + size <= unit_bytes):
@@ -171,44 +169,18 @@ def _plan(ckpt: Checkpoint, keys: list[str], unit_bytes: int, threshold_bytes: i
         yield pending
 
 
-def _read(unit: _Unit, files: dict, buf: np.ndarray):
-    """The unit's bytes: read into ``buf`` (reused across units) from a local shard, else
-    returned as bytes from tf.io.gfile."""
-    from tpuckpt_viz.errors import UserError
-
-    fd = files.get(unit.path)
-    try:
-        if fd is not None:
-            view = buf[:unit.nbytes]
-            got = 0
-            while got < unit.nbytes:
-                n = os.preadv(fd, [view[got:]], unit.offset + got)
-                if not n:
-                    break
-                got += n
-            data = view
-        else:
-            from tpuckpt_viz.tfcompat import tf
-
-            with tf().io.gfile.GFile(unit.path, "rb") as f:
-                f.seek(unit.offset)
-                data = f.read(unit.nbytes)
-                while len(data) < unit.nbytes:
-                    more = f.read(unit.nbytes - len(data))
-                    if not more:
-                        break
-                    data += more
-            got = len(data)
-    except OSError as e:
-        raise UserError(f"cannot read {unit.path}: {e.strerror or e}") from None
-    if got < unit.nbytes:
-        key = next(p.key for p in unit.pieces if p.start + p.nbytes > got)
-        raise UserError(f"data for {key} in {unit.path} ends early: the shard is truncated; "
-                        "copy it again")
-    return data
+def _read(unit: _Unit, files: shards.Shards, buf: np.ndarray):
+    """The unit's bytes, read into ``buf`` (reused across units)."""
+    view = buf[:unit.nbytes]
+    f = files.get(unit.path)
+    if storage.read_into(f, unit.offset, view) < unit.nbytes:
+        got = storage.read_into(f, unit.offset, view)
+        key = next((p.key for p in unit.pieces if p.start + p.nbytes > got), unit.pieces[0].key)
+        raise UserError(shards.short_read_message(key, unit.path))
+    return view
 
 
-def _work(ckpt: Checkpoint, unit: _Unit, files: dict, buf: np.ndarray, sample_every: dict,
+def _work(ckpt: Checkpoint, unit: _Unit, files: shards.Shards, buf: np.ndarray, sample_every: dict,
           chunk_bytes, threshold_bytes) -> tuple:
     """Run in a worker: read the unit and reduce each of its pieces to block partials.
 
@@ -278,22 +250,22 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         return
     import google_crc32c
 
-    from tpuckpt_viz.checkpoint import bundle, storage, table
-    from tpuckpt_viz.errors import UserError
-
     keys = list(keys)
     total = len(keys)
-    unit_bytes = chunk_bytes or min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
+    # Settings once, here: the loop below and the workers get plain numbers.
+    unit_bytes = chunk_bytes or min(ckpt.settings.chunk_bytes, UNIT_BYTES)
+    chunk_bytes = chunk_bytes or ckpt.settings.chunk_bytes
     sample_every = {}
     if keep_sample:
         for i, key in enumerate(keys):
             entry = ckpt.entries.get(key)
             if entry is not None:
                 sample_every[i] = max(1, -(-entry.numel // HISTOGRAM_SAMPLE))
-    files: dict = {}
+    files = shards.Shards()
+    plans: dict = {}
     pool = _pool()
     inflight: deque = deque()
-    units = _plan(ckpt, keys, unit_bytes, threshold_bytes, files)
+    units = _plan(ckpt, keys, unit_bytes, threshold_bytes, files, plans)
     window = WORKERS + 2
     # Read buffers, reused: each unit in flight holds one until its results are merged.
     buffers = [None] * window
@@ -334,11 +306,11 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         if not piece.last:
             return
         del partial[i]
-        if table.mask(state[1]) != ckpt.index.entries[key].crc32c:
-            ready[i] = UserError(f"data for {key} in {unit.path} fails its checksum: the "
-                                 "shard is corrupt; copy it again from the source")
-        else:
+        try:
+            shards.check_crc(plans.pop(i), state[1])
             ready[i] = _record(ckpt, key, acc, keep_sample)
+        except UserError as exc:
+            ready[i] = exc
 
     if progress and total:
         progress(0, total, label(0), 0)
@@ -388,9 +360,7 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
         for _, _, future in inflight:
             future.cancel()
         wait([f for _, _, f in inflight])
-        for fd in files.values():
-            if fd is not None:
-                os.close(fd)
+        files.close()
     if progress:
         progress(total, total, "done", done_bytes)
 
