@@ -30,6 +30,14 @@ baseline, repetition after repetition), the median of the per-repetition ratios:
   ~1 GiB checkpoint against a process running the bare ``get_tensor`` loop (TensorFlow's
   import included on that side only). Target <= 0.45.
 
+``--page`` measures only the Infer page instead (``python benchmarks/bench.py --page``):
+
+- ``page_vs_cli``: a Keras model with a long-audio input ``[-1, 43844, 1]`` and outputs
+  ``[-1, 172, 88]`` (a piano roll), built here and exported as a SavedModel; the Infer page
+  opened on it and run once (Streamlit's AppTest in a fresh process: opening the page, the
+  click, the rerun that draws the results) against ``python -m tpuckpt_viz infer DIR --format
+  json`` (a whole process), the median of the per-repetition ratios. Target <= 1.5.
+
 Inputs are generated in a temporary folder (removed at the end) by a child process, so the
 memory used to write them is given back before anything is timed. Nothing is written into the
 repository.
@@ -321,6 +329,95 @@ def cli_side_by_side(prefix: str, many: str, reps: int) -> dict:
             "list_s": med(t_list)}
 
 
+# ------------------------------------------------------------------------ the Infer page
+
+AUDIO = {"full": {"samples": 43844, "frames": 172, "notes": 88, "reps": 3},
+         "quick": {"samples": 4384, "frames": 18, "notes": 88, "reps": 1}}
+
+
+def make_audio_model(folder: str, mode: str) -> str:
+    """A Keras model from long audio to a piano roll, exported as a SavedModel in ``folder``."""
+    tf = _quiet_tf()
+    size = AUDIO[mode]
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    stride = -(-size["samples"] // size["frames"])
+    inputs = keras.Input((size["samples"], 1), name="audio")
+    x = keras.layers.Conv1D(32, 2 * stride, strides=stride, padding="same",
+                            activation="relu", name="frames")(inputs)
+    outputs = keras.layers.Dense(size["notes"], activation="sigmoid", name="notes")(x)
+    model = keras.Model(inputs, outputs, name="transcriber")
+    assert tuple(model.output.shape[1:]) == (size["frames"], size["notes"])
+    path = str(Path(folder) / "transcriber")
+    model.export(path, verbose=False)
+    return path
+
+
+_PAGE_PROCESS = """
+import json, os, sys, time
+sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
+start = time.perf_counter()
+from apphelpers import INFER, open_app
+at = open_app(INFER, timeout=600, ckpt=sys.argv[1])
+opened = time.perf_counter()
+at.button(key="infer_run").click().run()
+assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+assert any(m.label == "Device" for m in at.metric)
+done = time.perf_counter()
+print(json.dumps({"open_s": opened - start, "run_s": done - opened, "page_s": done - start}))
+"""
+
+
+def page_side_by_side(saved_model: str, reps: int) -> dict:
+    """The Infer page (a fresh process each time) against the ``infer`` command."""
+    env_roots = {"TPUCKPT_ROOTS": str(Path(saved_model).parent)}
+
+    def run(*args) -> tuple[float, str]:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), **env_roots)
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                             cwd=str(ROOT), timeout=900, check=False)
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"{args[:3]}: {out.stderr.strip()[-2000:]}")
+        return elapsed, out.stdout
+
+    cli_args = ("-m", "tpuckpt_viz", "infer", saved_model, "--format", "json")
+    ratios, pages, clis, runs = [], [], [], []
+    for _ in range(reps):
+        cli_s, _ = run(*cli_args)
+        _, out = run("-c", _PAGE_PROCESS, saved_model, str(ROOT))
+        page = json.loads(out.strip().splitlines()[-1])
+        ratios.append(page["page_s"] / cli_s)
+        pages.append(page["page_s"])
+        runs.append(page["run_s"])
+        clis.append(cli_s)
+    return {"ratio": statistics.median(ratios), "page_s": statistics.median(pages),
+            "page_run_s": statistics.median(runs), "cli_s": statistics.median(clis)}
+
+
+def run_page_benchmark(mode: str) -> dict:
+    folder = tempfile.mkdtemp(prefix="tpuckpt-bench-page-")
+    started = time.perf_counter()
+    try:
+        path = _json_child("--make-audio", folder, mode)["path"]
+        size = AUDIO[mode]
+        page = page_side_by_side(path, size["reps"])
+        return {
+            "page_vs_cli": round(page["ratio"], 3),
+            "targets": {"page_vs_cli": 1.5},
+            "seconds": {"page": round(page["page_s"], 2), "page_run": round(page["page_run_s"], 2),
+                        "cli_infer_process": round(page["cli_s"], 2)},
+            "inputs": {"mode": mode, "input_shape": [-1, size["samples"], 1],
+                       "output_shape": [-1, size["frames"], size["notes"]], "batch": 4,
+                       "repetitions": size["reps"]},
+            "machine": _machine(),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------- main
 
 def _machine() -> dict:
@@ -528,7 +625,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the Dask figures: stats and diff in-process and on local "
                              "clusters of 1 and 2 workers")
     parser.add_argument("--make-pair", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--page", action="store_true",
+                        help="measure the Infer page against the infer command instead "
+                             "(a long-audio model; about a minute per repetition)")
+    parser.add_argument("--make-audio", nargs=2, metavar=("DIR", "MODE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.make_audio:
+        print(json.dumps({"path": make_audio_model(*args.make_audio)}))
+        return 0
+    if args.page:
+        print(json.dumps(run_page_benchmark("quick" if args.quick else "full"), indent=1))
+        return 0
     if args.remote:
         return remote_figures(args.quick, args.before)
     if args.make_pair:

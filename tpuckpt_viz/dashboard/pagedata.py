@@ -306,7 +306,8 @@ def _float64(chunk: np.ndarray) -> np.ndarray:
     return chunk.astype(np.float64) if chunk.dtype.kind != "c" else np.abs(chunk)
 
 
-def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
+def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60,
+                chunk_bytes: int | None = None) -> TensorView:
     """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means."""
     entry = ckpt.entries[key]
     if not is_numeric(entry.dtype):
@@ -319,7 +320,7 @@ def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
                           None, (1, 1), values)
     acc = new_accumulator(entry.numel)
     blocks = _BlockMeans(entry.shape)
-    for chunk in ckpt.chunks(key):
+    for chunk in ckpt.chunks(key, chunk_bytes):
         acc.add(chunk)
         if blocks.active:
             blocks.add(_float64(chunk))
