@@ -484,8 +484,13 @@ def test_odd_inputs_are_clear_errors(hostile, capsys, shared):
                   "nested too deeply")
     cli_fails(capsys, ["infer", half, "--input", "x=" + "[" * 40 + "1" + "]" * 40],
               "nested more than 32 deep")
-    with measured("input: --batch -3"):
-        cli_fails(capsys, ["infer", half, "--batch", "-3"], "batch size -3")
+    with measured("input: --batch -3"):  # a usage error: exit 2, argparse's message
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["infer", half, "--batch", "-3"])
+        assert stop.value.code == 2
+        assert "--batch: '-3' is not a whole number of at least 1" in capsys.readouterr().err
+    with pytest.raises(UserError, match="batch size -3"):  # the API says it too
+        inf.run_inference(half, batch=-3)
     with measured("input: resource, variant and unknown dtypes"):
         err = cli_fails(capsys, ["infer", str(hostile["odd_dtypes"]), "--device", "cpu"],
                         "cannot be given as test values")
