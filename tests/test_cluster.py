@@ -94,19 +94,26 @@ def _real_prefixes(shared) -> list[Path]:
 def test_stats_of_every_real_checkpoint(shared, cluster):
     prefixes = _real_prefixes(shared)
     assert len(prefixes) >= 20
+    mixed = ("t2t_transformer_test_ckpt", "tfx_chicago_taxi_estimator/model.ckpt-0",
+             "tfx_keras_serving", "tfranking_bert_lite_tf2")
     for prefix in prefixes:
         ckpt = open_checkpoint(prefix)
+        # Every numeric tensor; and on a few, every entry (strings and the object graph are
+        # read in-process, in their turn, between the cluster's results).
+        keys = list(ckpt.entries) if any(m in prefix for m in mixed) else [
+            k for k, e in ckpt.entries.items() if e.dtype != "string"]
         try:
-            local = stats_of(ckpt)
+            local = list(iter_stats(ckpt, keys))
         except UserError as exc:  # a damaged or partial one: the same error on the cluster
             with pytest.raises(UserError) as remote:
-                stats_of(ckpt, cluster)
+                list(iter_stats(ckpt, keys, cluster=cluster))
             assert str(remote.value) == str(exc)
             continue
-        assert_same(local, stats_of(ckpt, cluster))
-        assert_same(local, stats_of(ckpt, small_tasks(cluster, 1)))
-        assert_same(stats_of(ckpt, keep_sample=True),
-                    stats_of(ckpt, cluster, keep_sample=True))
+        assert_same(local, list(iter_stats(ckpt, keys, cluster=cluster)))
+    # Every tensor its own task; and the histogram samples.
+    ckpt = open_checkpoint(str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1"))
+    assert_same(stats_of(ckpt), stats_of(ckpt, small_tasks(cluster, 1)))
+    assert_same(stats_of(ckpt, keep_sample=True), stats_of(ckpt, cluster, keep_sample=True))
 
 
 def test_diff_and_steps_of_real_runs(shared, cluster):
@@ -286,9 +293,10 @@ def test_cli_workers_leave_no_process(shared, tmp_path, capsys):
     assert _marked(marker) == [], "a worker outlived the command"
 
 
-def test_cli_refuses_both_and_unreachable(shared, capsys):
+def test_cli_refuses_both_and_unreachable(shared, capsys, monkeypatch):
     from tpuckpt_viz.cli import main
 
+    monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT", "1s")
     path = str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1")
     assert main(["stats", path, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 1
     assert "not both" in capsys.readouterr().err
@@ -310,3 +318,46 @@ def test_cli_scheduler_setting(shared, cluster, capsys, monkeypatch):
     assert main(["stats", path, "--format", "json"]) == 0
     assert capsys.readouterr().out == expected
     assert cluster.client.run_on_scheduler(counter) > before  # the work went there
+
+
+# ------------------------------------------------------------------------ the dashboard
+
+def test_compare_page_on_the_cluster(app_env, cluster, monkeypatch):
+    from apphelpers import COMPARE, clear_caches, open_app
+
+    def tables(at):
+        return [d.value for d in at.dataframe]
+
+    local = tables(open_app(COMPARE))
+    clear_caches()
+    diff._transition_cache.clear()
+    monkeypatch.setenv("TPUCKPT_SCHEDULER", cluster.address)
+    counter = lambda dask_scheduler: dask_scheduler.transition_counter  # noqa: E731
+    before = cluster.client.run_on_scheduler(counter)
+    try:
+        remote = tables(open_app(COMPARE))
+    finally:
+        for shared_cluster in dask_engine._shared.values():
+            shared_cluster.close()
+        dask_engine._shared.clear()
+    assert cluster.client.run_on_scheduler(counter) > before  # the work went there
+    assert len(local) == len(remote) >= 2
+    for x, y in zip(local, remote):
+        assert x.equals(y)
+
+
+# ------------------------------------------------------------------------ the benchmark
+
+def test_cluster_benchmark_runs(tmp_path):
+    """``bench.py --cluster --quick`` prints its figures (timings are not checked here)."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--cluster",
+                          "--quick"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    for name in ("in_process", "workers_1", "workers_2"):
+        figures = result["cluster"][name]
+        assert figures["stats_gb_s"] > 0 and figures["diff_gb_s"] > 0, name
+    assert result["per_worker_gb_s"] > 0 and result["estimate"]["hours"] > 0
+    assert list(tmp_path.iterdir()) == []  # its temporary folder is gone

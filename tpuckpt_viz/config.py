@@ -142,13 +142,14 @@ SETTINGS: tuple[Setting, ...] = (
             kind="int", minimum=1, metavar="SECONDS"),
     Setting("scheduler", "", "TPUCKPT_SCHEDULER", "--scheduler",
             "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
-            "read on its workers, which must see the checkpoints at the same paths. Default: "
-            "none (in-process).", metavar="ADDRESS",
-            commands=("serve", "stats", "diff", "steps")),
+            "read on its workers, which must see the checkpoints at the same paths (a shared "
+            "disk, or gs://). Default: none (in-process).", metavar="ADDRESS",
+            commands=("stats", "diff", "steps", "serve")),
     Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
             "Start a local Dask cluster of this many worker processes for stats, diff, steps "
-            "and Compare (shut down with the command or the server). Default: none.",
-            kind="int", minimum=1, metavar="N", commands=("serve", "stats", "diff", "steps")),
+            "and Compare, shut down with the command or the server. Default: none "
+            "(in-process).", kind="int", minimum=1, metavar="N",
+            commands=("stats", "diff", "steps", "serve")),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

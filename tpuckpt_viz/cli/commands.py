@@ -95,7 +95,7 @@ def _positive(text: str) -> int:
 def _cluster(args):
     from tpuckpt_viz.engine.cluster import connect
 
-    return connect(args.scheduler, args.workers)
+    return connect(args.scheduler, int(args.workers) if args.workers else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

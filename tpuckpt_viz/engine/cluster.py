@@ -10,8 +10,11 @@ the numbers are bit for bit those of the in-process engine, whichever worker did
 whatever order the tasks finished; it checks each tensor's checksum by combining the ranges'
 crc32c values (:func:`crc32c_combine`).
 
-What goes to the cluster: plain numeric tensors of V2 bundles on local disk. Strings, sliced
-(partitioned) variables, V1 files and other filesystems are read in-process, in their turn.
+What goes to the cluster: tensors whose read plan (:meth:`Checkpoint.plan`) is one byte
+range of a file the workers can open themselves: plain numeric tensors of V2 bundles on a
+disk they share, or on gs:// (read through :mod:`tpuckpt_viz.checkpoint.storage`). Strings,
+sliced (partitioned) variables, V1 files, Keras files (no byte-range plans yet) and
+``ram://`` are read in-process, in their turn.
 
 :func:`connect` gives a :class:`Cluster` for ``--scheduler ADDRESS`` (an existing scheduler) or
 ``--workers N`` (a local cluster of N processes, shut down with the command), else None.
@@ -49,6 +52,8 @@ from tpuckpt_viz.errors import UserError, first_line
 # Bytes of checkpoint per task: large enough that Dask's cost per task (about a millisecond)
 # stays small against the read and the reduction, small enough to spread a run over workers.
 TASK_BYTES = 64 << 20
+# How long to try to reach a scheduler before giving up.
+CONNECT_TIMEOUT = "10s"
 # Bytes a worker reads at a time for statistics (rounded to whole blocks).
 READ_BYTES = 4 << 20
 
@@ -92,71 +97,86 @@ def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
 # ------------------------------------------------------------------------------ plan
 
 
+def _dtype_spec(dt: np.dtype) -> tuple[str, bool]:
+    """A numpy dtype as ``(name, big_endian)``: ml_dtypes types (bfloat16, float8) lose their
+    type when a dtype is pickled, their name does not."""
+    return dt.name, dt.byteorder == ">"
+
+
+def _from_spec(name: str, big_endian: bool) -> np.dtype:
+    import ml_dtypes
+
+    dt = np.dtype(getattr(ml_dtypes, name)) if hasattr(ml_dtypes, name) else np.dtype(name)
+    return dt.newbyteorder(">") if big_endian else dt
+
+
 @dataclass(frozen=True)
 class TensorRange:
-    """Bytes of one tensor in one file: ``length`` bytes at ``offset`` of ``local`` (the path a
-    worker opens; ``path`` is the one messages show), starting at element ``first``.
-
-    ``dtype`` is the bundle's DataType enum and ``big_endian`` its byte order (numpy dtypes of
-    ml_dtypes, such as bfloat16, lose their type when pickled).
-    """
+    """Bytes of one tensor in one file: ``length`` bytes at ``offset`` of ``source`` (what a
+    worker opens: an absolute local path or a gs:// URL; ``path`` is the one messages show),
+    starting at element ``first`` of the tensor, whose dtype is ``dtype`` (see
+    :func:`_dtype_spec`)."""
 
     key: str
     path: str
-    local: str
+    source: str
     offset: int
     length: int
-    dtype: int
-    big_endian: bool
+    dtype: tuple[str, bool]
     first: int
 
     def numpy_dtype(self) -> np.dtype:
-        from tpuckpt_viz.checkpoint import bundle
-
-        dt = bundle.numpy_dtype(self.dtype)
-        return dt.newbyteorder(">") if self.big_endian else dt
+        return _from_spec(*self.dtype)
 
 
-# Data files seen on this machine (checked once per process).
+def worker_source(path: str) -> str | None:
+    """What a worker opens to read ``path``: the absolute path of a local file (the workers
+    must see the same disk), the URL of a remote one they read themselves (gs://); None
+    where only this process can read it (``ram://`` and other ``tf.io.gfile`` schemes)."""
+    from tpuckpt_viz.checkpoint import remote, storage
+
+    local = storage.local_path(path)
+    if local is not None:
+        return os.path.abspath(local)
+    return path if remote.handles(path) else None
+
+
+# Data files checked on this machine (once per process).
 _seen_files: set = set()
 
 
 def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRange] | None:
-    """The ranges of tensor ``key`` (each a multiple of ``align`` bytes but the last, at most
-    about ``task_bytes``), or None if a worker cannot read it (not a plain numeric tensor of
-    a bundle on local disk)."""
-    from tpuckpt_viz.checkpoint import bundle
+    """The ranges of tensor ``key`` from its read plan (:meth:`Checkpoint.plan`), each a
+    multiple of ``align`` bytes but the last and about ``task_bytes`` at most; None if the
+    workers cannot read it (a plan without byte ranges or of several, or a file that only
+    this process can read)."""
+    from tpuckpt_viz.checkpoint import shards
 
-    if not ckpt.streamable(key):
+    plan = ckpt.plan(key)
+    if len(plan.ranges) != 1:
         return None
-    index = ckpt.index
-    proto = index.entries[key]
-    path = bundle.data_path(index.prefix, proto.shard_id, index.header.num_shards)
-    local = bundle._local_path(path)
-    if local is None:
+    r = plan.ranges[0]
+    source = worker_source(r.path)
+    if source is None:
         return None
-    local = os.path.abspath(local)
-    if local not in _seen_files:
+    if r.path not in _seen_files:
         # Here first, with the in-process engine's message: a file that this machine has
         # and a worker lacks is the worker's problem (see _Files.read).
-        from tpuckpt_viz.engine.chunks import open_shard
-
-        os.close(open_shard(path))
-        _seen_files.add(local)
-    itemsize = bundle.numpy_dtype(proto.dtype).itemsize
-    size, offset = int(proto.size), int(proto.offset)
+        shards.open_shard(r.path).close()
+        _seen_files.add(r.path)
+    itemsize = plan.dtype.itemsize
     per = max(align, task_bytes // align * align)
-    big = index.header.endianness == 1
-    return [TensorRange(key, path, local, offset + done, min(per, size - done), int(proto.dtype),
-                        big, done // itemsize)
-            for done in range(0, size, per)] or [
-        TensorRange(key, path, local, offset, 0, int(proto.dtype), big, 0)]
+    spec = _dtype_spec(plan.dtype)
+    return [TensorRange(key, r.path, source, r.offset + done, min(per, r.nbytes - done), spec,
+                        done // itemsize)
+            for done in range(0, r.nbytes, per)] or [
+        TensorRange(key, r.path, source, r.offset, 0, spec, 0)]
 
 
 def _tasks(items: list[tuple], task_bytes: int) -> list[list]:
     """Group ``(slot, part, first_range, ...)`` items into tasks of about ``task_bytes``, in
     the order of the data on disk (small tensors side by side share a task)."""
-    items = sorted(items, key=lambda t: (t[2].local, t[2].offset))
+    items = sorted(items, key=lambda t: (t[2].source, t[2].offset))
     tasks, current, size = [], [], 0
     for item in items:
         n = item[2].length + 4096  # a tiny tensor still costs a read
@@ -174,41 +194,34 @@ def _tasks(items: list[tuple], task_bytes: int) -> list[list]:
 
 
 class _Files:
-    """File descriptors of a task's shards, opened once and closed at the end."""
+    """The files a task reads, each opened once (through
+    :mod:`tpuckpt_viz.checkpoint.storage`) and closed at the end."""
 
     def __init__(self):
-        self.fds: dict[str, int] = {}
+        self.open: dict = {}
 
     def read(self, r: TensorRange, at: int, n: int, slot: str) -> np.ndarray:
         """``n`` bytes at ``at`` of range ``r``, into this thread's buffer ``slot`` (valid until
         the next read into it)."""
-        fd = self.fds.get(r.local)
-        if fd is None:
+        from tpuckpt_viz.checkpoint import shards, storage
+
+        f = self.open.get(r.source)
+        if f is None:
             try:
-                fd = self.fds[r.local] = os.open(r.local, os.O_RDONLY)
-            except FileNotFoundError:
+                f = self.open[r.source] = storage.open_input(r.source)
+            except storage.NotFound:
                 raise UserError(f"missing data file {r.path} on a Dask worker: every worker must "
-                                "see the checkpoint at the same path (a shared disk)") from None
-            except OSError as e:
-                raise UserError(f"cannot read {r.path} on a Dask worker: {e.strerror or e}") \
+                                "see the checkpoint at the same path (a shared disk, or gs://)") \
                     from None
         view = scratch_buffer("cluster_" + slot, max(n, 1), np.uint8)[:n]
-        got = 0
-        while got < n:
-            try:
-                k = os.preadv(fd, [view[got:]], r.offset + at + got)
-            except OSError as e:
-                raise UserError(f"cannot read {r.path}: {e.strerror or e}") from None
-            if not k:
-                raise UserError(f"data for {r.key} in {r.path} ends early: the shard is "
-                                "truncated; copy it again")
-            got += k
+        if storage.read_into(f, r.offset + at, view) < n:
+            raise UserError(shards.short_read_message(r.key, r.path))
         return view
 
     def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
+        for f in self.open.values():
+            f.close()
+        self.open.clear()
 
 
 def stats_task(items: list[tuple]) -> list[tuple]:
@@ -367,35 +380,35 @@ class Cluster:
 
 
 def _check_crc(ckpt, key: str, ranges: list[TensorRange], crcs: list[int]) -> None:
-    from tpuckpt_viz.checkpoint import bundle
+    from tpuckpt_viz.checkpoint import shards
 
     crc = 0
     for r, c in zip(ranges, crcs):
         crc = crc32c_combine(crc, c, r.length)
-    if bundle._mask(crc) != ckpt.index.entries[key].crc32c:
-        raise UserError(f"data for {key} in {ranges[0].path} fails its checksum: the shard is "
-                        "corrupt; copy it again from the source")
+    shards.check_crc(ckpt.plan(key), crc)
 
 
-def _chunk_step(itemsize: int) -> int:
-    """The chunk of the in-process pairwise reads (:func:`tpuckpt_viz.engine.chunks.reused_chunks`)."""
+def _chunk_step(ckpt, itemsize: int) -> int:
+    """The chunk of the in-process pairwise reads (as in
+    :func:`tpuckpt_viz.engine.chunks.reused_chunks`)."""
     from tpuckpt_viz.engine.chunks import UNIT_BYTES
 
-    chunk_bytes = min(config.get_int("chunk_mb") << 20, UNIT_BYTES)
+    chunk_bytes = min(ckpt.settings.chunk_bytes, UNIT_BYTES)
     return max(itemsize, chunk_bytes // itemsize * itemsize)
 
 
 def iter_stats(cluster: Cluster, ckpt, keys: list[str], *, record: Callable,
                in_process: Callable, progress=None, keep_sample: bool = False,
                labels: dict | None = None) -> Iterator[dict]:
-    """Statistics of each tensor of ``keys`` in order, as :func:`tpuckpt_viz.engine.stats.iter_stats`
-    gives them: those a worker can read on the cluster, the rest in-process in their turn
-    (``in_process(key)``); ``record(ckpt, key, acc, keep_sample)`` makes the record."""
+    """Statistics of each tensor of ``keys`` in order, as
+    :func:`tpuckpt_viz.engine.stats.iter_stats` gives them: those a worker can read on the
+    cluster, the rest in-process in their turn (``in_process(key)``);
+    ``record(ckpt, key, acc, keep_sample)`` makes the record."""
     total = len(keys)
     plans, items = {}, []
     for i, key in enumerate(keys):
         entry = ckpt.entries.get(key)
-        if entry is None or not is_numeric(entry.dtype):
+        if entry is None or not is_numeric(entry.dtype) or not ckpt.plan(key).streamable:
             continue
         ranges = tensor_ranges(ckpt, key, BLOCK * _itemsize(ckpt, key), cluster.task_bytes)
         if not ranges:
@@ -442,9 +455,7 @@ def iter_stats(cluster: Cluster, ckpt, keys: list[str], *, record: Callable,
 
 
 def _itemsize(ckpt, key: str) -> int:
-    from tpuckpt_viz.checkpoint import bundle
-
-    return bundle.numpy_dtype(ckpt.index.entries[key].dtype).itemsize
+    return ckpt.plan(key).dtype.itemsize
 
 
 def _pair_items(ckpt_a, ckpt_b, pairs: list[tuple], task_bytes: int) -> tuple[dict, list]:
@@ -452,10 +463,10 @@ def _pair_items(ckpt_a, ckpt_b, pairs: list[tuple], task_bytes: int) -> tuple[di
     ranges_b)}`` and the items for :func:`pair_task`."""
     plans, items = {}, []
     for slot, key_a, key_b in pairs:
-        if not (ckpt_a.streamable(key_a) and ckpt_b.streamable(key_b)):
+        if not (ckpt_a.plan(key_a).streamable and ckpt_b.plan(key_b).streamable):
             continue
         itemsize = _itemsize(ckpt_b, key_b)
-        align = math.lcm(_chunk_step(itemsize), BLOCK * itemsize)
+        align = math.lcm(_chunk_step(ckpt_a, itemsize), BLOCK * itemsize)
         ra = tensor_ranges(ckpt_a, key_a, align, task_bytes)
         rb = tensor_ranges(ckpt_b, key_b, align, task_bytes)
         if not ra or not rb or len(ra) != len(rb):
@@ -473,7 +484,8 @@ def compare_pairs(cluster: Cluster, ckpt_a, ckpt_b, pairs: list[tuple],
     plans, items = _pair_items(ckpt_a, ckpt_b, pairs, cluster.task_bytes)
     if not plans:
         return {}
-    step = {slot: _chunk_step(_itemsize(ckpt_b, plans[slot][1][0].key)) for slot in plans}
+    step = {slot: _chunk_step(ckpt_a, _itemsize(ckpt_b, plans[slot][1][0].key))
+            for slot in plans}
     out = {}
     # One step per dtype width: the task function takes one step, so group by it.
     for width in sorted(set(step.values())):
@@ -503,7 +515,7 @@ def transitions(cluster: Cluster, prev, curr, pairs: list[tuple]) -> dict:
     for slot, p, key in pairs:
         if p is None:
             ranges = tensor_ranges(curr, key, BLOCK * _itemsize(curr, key), cluster.task_bytes) \
-                if curr.streamable(key) else None
+                if curr.plan(key).streamable else None
             if ranges:
                 alone[slot] = ranges
                 alone_items += [(slot, j, r, 0) for j, r in enumerate(ranges)]
@@ -515,7 +527,7 @@ def transitions(cluster: Cluster, prev, curr, pairs: list[tuple]) -> dict:
                 acc.merge(block)
         _check_crc(curr, alone[slot][0].key, alone[slot], [crc for _, crc in parts])
         out[slot] = (acc, 0.0)
-    steps = {slot: _chunk_step(_itemsize(curr, plans[slot][1][0].key)) for slot in plans}
+    steps = {slot: _chunk_step(prev, _itemsize(curr, plans[slot][1][0].key)) for slot in plans}
     for width in sorted(set(steps.values())):
         tasks = _tasks([it for it in items if steps[it[0]] == width], cluster.task_bytes)
         for slot, parts in cluster.run(pair_task, tasks, width, "steps"):
@@ -563,7 +575,8 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
     _quiet()
     if scheduler:
         try:
-            client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT,
+                                        set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(exc)}; "
                             "start one (`dask scheduler`, then `dask worker ADDRESS` on each "
@@ -595,13 +608,8 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
 
 
 def _from_settings() -> tuple[str | None, int | None]:
-    scheduler = config.get("scheduler").strip() or None
-    raw = config.get("workers").strip()
-    try:
-        workers = int(raw) if raw else None
-    except ValueError:
-        raise UserError(f"TPUCKPT_WORKERS={raw!r} is not a number of worker processes") from None
-    return scheduler, workers
+    workers = config.value("workers") if config.get("workers").strip() else None
+    return config.get("scheduler").strip() or None, workers
 
 
 _shared: dict = {}
