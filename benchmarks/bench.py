@@ -3,6 +3,7 @@
 
     python benchmarks/bench.py            # full sizes: several minutes, ~6 GiB in a temp folder
     python benchmarks/bench.py --quick    # tiny sizes, seconds (the test suite runs this)
+    python benchmarks/bench.py --cluster  # Dask: in-process vs 1 and 2 local workers
 
 Every figure is a ratio measured side by side in the same run (the engine, then the
 baseline, repetition after repetition), the median of the per-repetition ratios:
@@ -393,6 +394,105 @@ def remote_figures(quick: bool, before: str | None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- --cluster (Dask)
+
+def _make_dense_pair(folder: str, mode: str) -> dict:
+    """The two float32 checkpoints of ``stats_vs_read`` / ``diff_vs_read`` only."""
+    tf = _quiet_tf()
+    size = SIZES[mode]
+    paths = {"f32_a": f"{folder}/f32_a/ckpt", "f32_b": f"{folder}/f32_b/ckpt"}
+    for path in paths.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    _dense(tf, paths["f32_a"], size["tensors"], size["bytes"], "float32", 1, twin=paths["f32_b"])
+    return paths
+
+
+def cluster_benchmark(mode: str, keep: str | None = None) -> dict:
+    """Throughput of ``stats`` and ``diff`` in-process and on local Dask clusters of 1 and 2
+    worker processes, side by side in one run (each repetition runs all three), medians.
+
+    The clusters are started once, before timing (their start is reported apart); every
+    variant reads the same files from the page cache, after one warm-up, and the results are
+    checked to be identical. ``per_worker_gb_s`` (stats on 1 worker) gives the paper
+    estimate of a 1 TB ``steps`` run on 32 workers that ``estimate`` spells out.
+    """
+    from tpuckpt_viz.checkpoint.reader import open_checkpoint
+    from tpuckpt_viz.checkpoint.records import list_records
+    from tpuckpt_viz.engine import cluster as dask_engine
+    from tpuckpt_viz.engine.diff import diff_checkpoints
+    from tpuckpt_viz.engine.stats import iter_stats
+
+    size = SIZES[mode]
+    reps = size["reps"]
+    folder = keep or tempfile.mkdtemp(prefix="tpuckpt-bench-cluster-")
+    started = time.perf_counter()
+    clusters = {}
+    try:
+        done = Path(folder, "done-cluster.json")
+        if keep and done.exists():
+            paths = json.loads(done.read_text())
+        else:
+            paths = _json_child("--make-pair", folder, mode)
+            if keep:
+                done.write_text(json.dumps(paths))
+        a, b = paths["f32_a"], paths["f32_b"]
+        ckpt_a = open_checkpoint(a)
+        nbytes = sum(e.nbytes for e in ckpt_a.entries.values())
+        start_s = {}
+        for n in (1, 2):
+            t = time.perf_counter()
+            clusters[n] = dask_engine.open_cluster(workers=n)
+            start_s[f"workers_{n}"] = round(time.perf_counter() - t, 2)
+
+        def stats(c):
+            ckpt = open_checkpoint(a)
+            names = {r["key"]: r["name"] for r in list_records(ckpt)}
+            return list(iter_stats(ckpt, names, labels=names, cluster=c))
+
+        def diff(c):
+            return diff_checkpoints(open_checkpoint(a), open_checkpoint(b), cluster=c)
+
+        variants = {"in_process": None, "workers_1": clusters[1], "workers_2": clusters[2]}
+        times = {name: {"stats": [], "diff": []} for name in variants}
+        reference = {}
+        for name, c in variants.items():  # warm-up, and the same numbers everywhere
+            got = (json.dumps(stats(c)), json.dumps(diff(c)))
+            reference.setdefault("r", got)
+            if got != reference["r"]:
+                raise RuntimeError(f"{name} gives other numbers than in-process")
+        for _ in range(reps):
+            for name, c in variants.items():
+                times[name]["stats"].append(_timed(stats, c))
+                times[name]["diff"].append(_timed(diff, c))
+        gb = nbytes / 1e9
+        out = {}
+        for name in variants:
+            st, df = (statistics.median(times[name][k]) for k in ("stats", "diff"))
+            out[name] = {"stats_s": round(st, 4), "diff_s": round(df, 4),
+                         "stats_gb_s": round(gb / st, 3), "diff_gb_s": round(2 * gb / df, 3)}
+        per_worker = out["workers_1"]["stats_gb_s"]
+        hours = 1000 / (32 * per_worker) / 3600
+        return {
+            "cluster": out,
+            "speedup_2_over_1_worker": round(out["workers_1"]["stats_s"]
+                                             / out["workers_2"]["stats_s"], 3),
+            "per_worker_gb_s": per_worker,
+            "estimate": {"tb": 1, "workers": 32, "hours": round(hours, 3),
+                         "note": "1 TB / (32 x per_worker_gb_s): reads from page cache; on "
+                                 "gs:// each VM's network bandwidth caps it"},
+            "cluster_start_s": start_s,
+            "inputs": {"mode": mode, "tensors": size["tensors"], "bytes": nbytes,
+                       "repetitions": reps},
+            "machine": _machine(),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+    finally:
+        for c in clusters.values():
+            c.close()
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
@@ -404,9 +504,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="gs:// figures against a GCS emulator instead (bench_remote.py)")
     parser.add_argument("--before", metavar="DIR",
                         help="with --remote: also measure the code checked out in DIR")
+    parser.add_argument("--cluster", action="store_true",
+                        help="only the Dask figures: stats and diff in-process and on local "
+                             "clusters of 1 and 2 workers")
+    parser.add_argument("--make-pair", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.remote:
         return remote_figures(args.quick, args.before)
+    if args.make_pair:
+        print(json.dumps(_make_dense_pair(*args.make_pair)))
+        return 0
+    if args.cluster:
+        result = cluster_benchmark("quick" if args.quick else "full", args.keep)
+        print(json.dumps(result, indent=1))
+        return 0
     if args.make:
         print(json.dumps(make_inputs(args.make[0], SIZES[args.make[1]])))
         return 0

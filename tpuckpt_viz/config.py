@@ -67,6 +67,8 @@ class Setting:
     def parse(self, value: str, source: str | None = None):
         """``value`` as this setting's type; a malformed one raises UserError naming it."""
         text = value.strip()
+        if not text and not self.default and self.kind in ("int", "choice", "bool"):
+            return None  # an optional setting left unset (its default is "none")
 
         def bad() -> UserError:
             where = source or f"{self.env}={value!r}"
@@ -122,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How many results (tensor statistics, histograms, diffs) the dashboard keeps cached.",
             kind="int", minimum=1, metavar="N"),
     Setting("allow_unsafe_ops", "0", "TPUCKPT_ALLOW_UNSAFE_OPS", "--allow-unsafe-ops",
-            "Set to 1 to run SavedModels whose signature uses file-system or Python ops "
-            "(ReadFile, WriteFile, PyFunc, ...). Off by default.", kind="bool",
+            "Run SavedModels whose signature uses file-system or Python ops (ReadFile, "
+            "WriteFile, PyFunc, ...). Off by default.", kind="bool",
             commands=("serve", "infer")),
     Setting("demo_dir", "", "TPUCKPT_DEMO_DIR", "--demo-dir",
             "Where the demo run is written. Default: ~/.cache/tpuckpt-viz/demo.", metavar="DIR"),
@@ -138,6 +140,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_timeout_s", "300", "TPUCKPT_WORKER_TIMEOUT_S", "--worker-timeout-s",
             "Time limit of one request to that worker, in seconds; then it is stopped.",
             kind="int", minimum=1, metavar="SECONDS"),
+    Setting("scheduler", "", "TPUCKPT_SCHEDULER", "--scheduler",
+            "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
+            "read on its workers, which must see the checkpoints at the same paths (a shared "
+            "disk, or gs://). Default: none (in-process).", metavar="ADDRESS",
+            commands=("stats", "diff", "steps", "serve")),
+    Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
+            "Start a local Dask cluster of this many worker processes for stats, diff, steps "
+            "and Compare, shut down with the command or the server. Default: none "
+            "(in-process).", kind="int", minimum=1, metavar="N",
+            commands=("stats", "diff", "steps", "serve")),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

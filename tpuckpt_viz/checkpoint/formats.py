@@ -23,7 +23,9 @@ def is_local(path: str) -> bool:
 
 
 def open_binary(path: str):
-    """A binary file object for ``path``: the local file, else ``tf.io.gfile`` (gs://, ram://)."""
+    """A seekable binary file object for ``path``: the local file, else fsspec (gs:// and
+    other buckets, through :mod:`tpuckpt_viz.checkpoint.remote`), else ``tf.io.gfile``
+    (ram://)."""
     if is_local(path):
         return open(path, "rb")
     from tpuckpt_viz.checkpoint import remote

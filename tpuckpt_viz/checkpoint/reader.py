@@ -102,9 +102,10 @@ class Checkpoint:
             # TensorFlow's reader stays the reference for reading whole tensors.
             try:
                 self.index = bundle.read_index(resolved.prefix)
-            except UserError:
+            except bundle.Unsupported:
                 # Our reader refuses what it does not know (a compressed table, say): if
-                # TensorFlow opens the bundle, list and read through it instead.
+                # TensorFlow opens the bundle, list and read through it instead. A damaged
+                # or hostile index (any other UserError) never reaches TensorFlow.
                 try:
                     self.tf_reader()
                 except UserError:
@@ -122,21 +123,25 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed = {}
+        renamed, shapes = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
+            if key in self.index.shapes:
+                shapes[shown] = self.index.shapes[key]
         entries.clear()
         entries.update(renamed)
+        self.index.shapes.clear()
+        self.index.shapes.update(shapes)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
         if self.index is not None:
-            items = ((key, tuple(d.size for d in proto.shape.dim),
-                      bundle.dtype_name(proto.dtype), proto.size)
+            shapes = self.index.shapes  # read from the protos once, by the validation
+            items = ((key, shapes[key], bundle.dtype_name(proto.dtype), proto.size)
                      for key, proto in self.index.entries.items())
         else:
             reader = self.tf_reader()
@@ -214,6 +219,8 @@ class Checkpoint:
     def _check(self, key: str) -> Entry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.prefix}: run `list` to see the keys")
+        if self.index is not None and key in self.index.entries:
+            bundle.check_readable(self.index, key)  # never handed to any reader
         missing = self._missing_shard(key)
         if missing:
             raise UserError(f"cannot read {key}: missing data file {missing}: copy every "
@@ -225,12 +232,11 @@ class Checkpoint:
         self._check(key)
         if self.streamable(key):  # plain numbers: our own reader; TensorFlow's for the rest
             return bundle.read_tensor(self.index, key)
-        if self.index is not None and remote.handles(self.prefix):
-            # gs:// and other fsspec URLs: a scalar string (the object graph) is read here;
-            # TensorFlow's reader would go through its own GCS client.
-            raw = bundle.read_scalar_string(self.index, key)
-            if raw is not None:
-                return raw
+        if self.index is not None and key in self.index.entries:
+            strings = bundle.read_strings(self.index, key)
+            if strings is not None:  # as TensorFlow returns them: bytes, or an object array
+                shape = self.entries[key].shape
+                return strings[0] if not shape else np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time

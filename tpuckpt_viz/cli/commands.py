@@ -70,17 +70,32 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _checked(row):
-    def parse(text: str) -> str:
+    def parse(text: str):
         from tpuckpt_viz.errors import UserError
 
         try:
-            row.parse(text, source=repr(text))
+            return row.parse(text, source=repr(text))
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
 
     parse.__name__ = row.name
     return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
+
+
+def _cluster(args):
+    from tpuckpt_viz.engine.cluster import connect
+
+    return connect(args.scheduler, int(args.workers) if args.workers else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tpuckpt-viz",
         description="Look inside TensorFlow checkpoints: browse, compare, infer.",
         epilog="Reference: docs/reference.md. Settings: environment variables TPUCKPT_*.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (COMMAND --help for its options)")
 
     p = sub.add_parser("list", help="one record per checkpoint entry",
                        description="One record per entry of the checkpoint: raw key, readable "
@@ -144,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "not given are generated from the signature")
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "tpu"), default="auto",
                    help="where to run: auto tries TPU, then GPU, then CPU (default: auto)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="batch size of generated inputs (default: 4)")
+    p.add_argument("--batch", type=_positive, default=4, metavar="N",
+                   help="batch size of generated inputs, at least 1 (default: 4)")
     p.add_argument("--fill", choices=("random", "zeros", "ones"), default="random",
                    help="values of generated inputs (default: random normal)")
     _add_settings(p, "infer")
@@ -198,8 +214,8 @@ def _cmd_stats(args) -> None:
     # One engine pass: each tensor read once, the next chunks read ahead while this one is
     # reduced; progress (tensors and bytes) on stderr.
     out = []
-    with _progress(args, "stats", "tensors") as progress:
-        for stats in iter_stats(ckpt, names, progress=progress, labels=names):
+    with _progress(args, "stats", "tensors") as progress, _cluster(args) as cluster:
+        for stats in iter_stats(ckpt, names, progress=progress, labels=names, cluster=cluster):
             stats["name"] = names[stats["key"]]
             out.append(stats)
     write(out, args.format, STATS_COLUMNS, table_columns=STATS_TABLE)
@@ -210,10 +226,10 @@ def _cmd_diff(args) -> None:
     from tpuckpt_viz.cli.output import write
     from tpuckpt_viz.engine.diff import diff_checkpoints
 
-    with _progress(args, "diff", "tensors") as progress:
+    with _progress(args, "diff", "tensors") as progress, _cluster(args) as cluster:
         records = diff_checkpoints(open_checkpoint(args.path_a), open_checkpoint(args.path_b),
                                    by=args.by, match=args.match, kinds=args.kind,
-                                   progress=progress)
+                                   progress=progress, cluster=cluster)
     write(records, args.format, DIFF_COLUMNS, table_columns=DIFF_TABLE)
 
 
@@ -221,8 +237,9 @@ def _cmd_steps(args) -> None:
     from tpuckpt_viz.cli.output import write
     from tpuckpt_viz.engine.diff import run_steps
 
-    with _progress(args, "steps", "checkpoints") as progress:
-        records = run_steps(args.run_dir, match=args.match, kinds=args.kind, progress=progress)
+    with _progress(args, "steps", "checkpoints") as progress, _cluster(args) as cluster:
+        records = run_steps(args.run_dir, match=args.match, kinds=args.kind,
+                            progress=progress, cluster=cluster)
     write(records, args.format, STEPS_COLUMNS, table_columns=STEPS_TABLE)
 
 

@@ -56,11 +56,13 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
 
 def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
                      match: str | None = None, kinds: Iterable[str] | None = None,
-                     progress: Progress | None = None) -> list[dict]:
+                     progress: Progress | None = None, cluster=None) -> list[dict]:
     """One record per variable of either side, per the ``diff`` contract of docs/reference.md.
 
     ``by`` is ``"name"`` (readable names) or ``"key"`` (raw keys); ``match`` is a regular
-    expression searched in the name or key and ``kinds`` a set of kinds to keep.
+    expression searched in the name or key and ``kinds`` a set of kinds to keep. With
+    ``cluster`` (:class:`tpuckpt_viz.engine.cluster.Cluster`), the pairs its workers can read
+    are compared there first, with the same results.
     """
     if by not in ("name", "key"):
         raise UserError(f"unknown pairing {by!r}: use 'name' or 'key'")
@@ -76,6 +78,17 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
         return not pattern or bool(pattern.search(rec["name"]) or pattern.search(rec["key"]))
 
     labels = [lbl for lbl in labels if wanted(recs_a.get(lbl) or recs_b[lbl])]
+    on_cluster = {}
+    if cluster is not None:
+        from tpuckpt_viz.engine import cluster as dask_engine
+
+        pairs = [(i, recs_a[lbl]["key"], recs_b[lbl]["key"]) for i, lbl in enumerate(labels)
+                 if lbl in recs_a and lbl in recs_b
+                 and recs_a[lbl]["dtype"] == recs_b[lbl]["dtype"]
+                 and recs_a[lbl]["shape"] == recs_b[lbl]["shape"]]
+        on_cluster = dask_engine.compare_pairs(
+            cluster, ckpt_a, ckpt_b, pairs,
+            progress=progress and (lambda done, total: progress(done, len(labels), "cluster")))
     out = []
     for i, label in enumerate(labels):
         ra, rb = recs_a.get(label), recs_b.get(label)
@@ -97,7 +110,7 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
         elif ra["shape"] != rb["shape"]:
             row["status"] = "shape_changed"
         else:
-            result = compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
+            result = on_cluster.get(i) or compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
             row["status"] = "same" if result.pop("identical") else "changed"
             row.update(result)
         if row["status"] in ("added", "removed", "dtype_changed", "shape_changed"):
@@ -149,8 +162,8 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
                          ) -> tuple[int | None, str | None]:
     """The training step a checkpoint was saved at, and where it came from.
 
-    In order (DESIGN.md section 3): a step variable (``global_step``, or the object path
-    ``step``), else the optimizer's iterations, else the number in the file name, else
+    In order (docs/reference.md, steps records): a step variable (``global_step``, or the object
+    path ``step``), else the optimizer's iterations, else the number in the file name, else
     ``save_counter``. The file number comes before ``save_counter`` because
     ``CheckpointManager.save(checkpoint_number=step)`` names files by step while
     ``save_counter`` only counts saves. For Keras files (``ModelCheckpoint``) the number in
@@ -158,16 +171,16 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
     """
     if getattr(ckpt, "format", None) == "keras":
         # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
-        # optimizer's iterations that the file holds (DESIGN.md section 3).
-        from tpuckpt_viz.checkpoint.paths import keras_file_number
+        # optimizer's iterations that the file holds (docs/reference.md, steps records).
+        from tpuckpt_viz.checkpoint.paths import keras_run_number
 
-        number = keras_file_number(ckpt.prefix)
+        number = keras_run_number(ckpt.prefix)  # None for a lone file ("resnet50.h5")
         if number is not None:
-            return number
+            return number, "file name"
         if ckpt.iterations_key:
             value = _scalar(ckpt, ckpt.iterations_key)
             if value is not None:
-                return value
+                return value, "optimizer iterations"
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 
@@ -212,7 +225,8 @@ _cache_lock = threading.Lock()
 _CACHE_LIMIT = 512
 
 
-def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list[dict]:
+def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds,
+                cluster=None) -> list[dict]:
     key = (prev and (prev.prefix, prev.signature), curr.prefix, curr.signature, match,
            tuple(sorted(kinds)) if kinds else None)
     with _cache_lock:
@@ -233,14 +247,23 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds) -> list
         comparable = p is not None and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
         todo.append((r, p if comparable else None))
 
+    on_cluster = {}
+    if cluster is not None:
+        from tpuckpt_viz.engine import cluster as dask_engine
+
+        on_cluster = dask_engine.transitions(cluster, prev, curr, [
+            (j, p and p["key"], r["key"]) for j, (r, p) in enumerate(todo)])
     rows = []
-    for r, p in todo:
-        acc, delta_sq = Accumulator(), 0.0
-        if p is not None:
+    for j, (r, p) in enumerate(todo):
+        if j in on_cluster:
+            acc, delta_sq = on_cluster[j]
+        elif p is not None:
+            acc, delta_sq = Accumulator(), 0.0
             for cp, cc in pair_chunks(prev, p["key"], curr, r["key"]):
                 acc.add(cc)
                 delta_sq += delta_sumsq(widen(cp), widen(cc))
         else:
+            acc, delta_sq = Accumulator(), 0.0
             for cc in reused_chunks(curr, r["key"], "curr"):
                 acc.add(cc)
         stats = acc.result()
@@ -283,14 +306,15 @@ def run_order(prefixes: Iterable[str], opener: Callable[[str], Checkpoint] = ope
 
 
 def run_steps(run_dir: str, *, match: str | None = None, kinds: Iterable[str] | None = None,
-              progress: Progress | None = None) -> list[dict]:
+              progress: Progress | None = None, cluster=None) -> list[dict]:
     """One record per (step, variable) across every checkpoint of the run in ``run_dir``.
 
     Fields per the ``steps`` contract: ``step``, ``checkpoint``, ``name``, ``kind``, ``l2``,
     ``delta_l2`` (from the previous step), ``update_ratio`` (delta_l2 / previous l2), ``nan``,
     ``inf``; plus ``layer``, ``save`` (1, 2, ... in run order) and ``label`` (``step N``, or
     ``save N`` for a run without distinct step numbers; see :func:`run_order`). Reads tensor
-    by tensor, two checkpoints' chunks at a time.
+    by tensor, two checkpoints' chunks at a time, or on ``cluster``
+    (:class:`tpuckpt_viz.engine.cluster.Cluster`) with the same results.
     """
     kinds = set(kinds) if kinds else None
     _compile(match)
@@ -302,7 +326,7 @@ def run_steps(run_dir: str, *, match: str | None = None, kinds: Iterable[str] | 
         prefix, ckpt = item["checkpoint"], item["_ckpt"]
         if progress:
             progress(i, len(opened), prefix)
-        rows = _transition(prev, ckpt, match, kinds)
+        rows = _transition(prev, ckpt, match, kinds, cluster)
         for row in rows:
             p_l2 = prev_l2.get(row["name"])
             delta = row["delta_l2"] if prev is not None else None

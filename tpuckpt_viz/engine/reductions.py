@@ -383,6 +383,40 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
 
 
+def pair_part(ca: np.ndarray, cb: np.ndarray, compare: bool = True) -> tuple | None:
+    """The contribution of one chunk of each side (equal lengths) to a
+    :class:`PairAccumulator`: ``(n, same, s, sums, top, nonfinite)``, None for empty chunks.
+
+    With ``compare`` and identical bytes, ``s`` is the sum of squares (and ``nonfinite``
+    whether a value is NaN or infinite); otherwise ``sums`` holds ``||a||^2``, ``||b||^2``,
+    ``||b - a||^2`` and ``a . b``, and ``top`` is ``max |b - a|`` (NaN if any is NaN).
+    """
+    n = ca.size
+    if n == 0:
+        return None
+    same = compare and _same_bits(ca, cb)
+    a, b = widen(ca.reshape(-1)), widen(cb.reshape(-1))
+    if same:
+        s = sumsq(a)
+        # A non-finite value makes the sum non-finite; only then is it worth a look.
+        nonfinite = not math.isfinite(s) and not bool(np.isfinite(a).all())
+        return (n, True, s, None, None, nonfinite)
+    if a.dtype == b.dtype == np.float32 and n >= FLOAT32_SUMS_FROM:
+        d = np.subtract(b, a, out=scratch_buffer("delta", n, np.float32))
+        sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
+        if not _sums_ok(n, *sums[:3]) or not math.isfinite(sums[3]):
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            sums = None
+    else:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        sums = None
+    if sums is None:
+        d = b - a
+        sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
+    top = max(float(d.max()), -float(d.min()))
+    return (n, False, None, sums, top, False)
+
+
 @dataclass
 class PairAccumulator:
     """One pass over two tensors of the same shape and dtype, a chunk of each at a time:
@@ -400,37 +434,33 @@ class PairAccumulator:
     max_abs: float = 0.0
 
     def add(self, ca: np.ndarray, cb: np.ndarray) -> None:
-        n = ca.size
-        if n == 0:
-            return
-        self.count += n
+        """Fold in the next chunk of each side (equal lengths)."""
         # Compared only while nothing has moved (as a plain loop would stop comparing).
-        same = self.identical and _same_bits(ca, cb)
-        self.identical = same
-        a, b = widen(ca.reshape(-1)), widen(cb.reshape(-1))
-        if same:  # nothing moved: one sum of squares serves all three
-            s = sumsq(a)
+        self.merge(pair_part(ca, cb, compare=self.identical))
+
+    def merge(self, part: tuple | None) -> None:
+        """Fold in the next chunk's :func:`pair_part`, in order: folding the parts of a
+        tensor's chunks gives exactly what :meth:`add` on the chunks gives."""
+        if part is None:
+            return
+        n, same, s, sums, top, nonfinite = part
+        self.count += n
+        if same and self.identical:  # nothing moved: one sum of squares serves all three
             self.sa += s
             self.sb += s
             self.dot += s
             return
-        if a.dtype == b.dtype == np.float32 and n >= FLOAT32_SUMS_FROM:
-            d = np.subtract(b, a, out=scratch_buffer("delta", n, np.float32))
-            sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
-            if not _sums_ok(n, *sums[:3]) or not math.isfinite(sums[3]):
-                a, b = a.astype(np.float64), b.astype(np.float64)
-                sums = None
-        else:
-            a, b = a.astype(np.float64), b.astype(np.float64)
-            sums = None
-        if sums is None:
-            d = b - a
-            sums = (row_sums(a, a), row_sums(b, b), row_sums(d, d), row_sums(a, b))
+        self.identical = False
+        if same:
+            # Identical bytes after an earlier chunk moved (parts computed apart, as on a
+            # cluster): what the changed path gives for them. b - a is 0, or NaN where a
+            # value is NaN or infinite; the sums of squares are the same sum.
+            sums = (s, s, math.nan if nonfinite else 0.0, s)
+            top = math.nan if nonfinite else 0.0
         self.sa += sums[0]
         self.sb += sums[1]
         self.sd += sums[2]
         self.dot += sums[3]
-        top = max(float(d.max()), -float(d.min()))
         self.max_abs = top if top != top else max(self.max_abs, top)  # NaN sticks
 
     def result(self) -> dict:

@@ -223,7 +223,7 @@ def _work(ckpt: Checkpoint, unit: _Unit, files: shards.Shards, buf: np.ndarray, 
 def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | None = None,
                keep_sample: bool = False, chunk_bytes: int | None = None,
                threshold_bytes: int | None = None,
-               labels: dict[str, str] | None = None) -> Iterator[dict]:
+               labels: dict[str, str] | None = None, cluster=None) -> Iterator[dict]:
     """Statistics of each tensor in ``keys``, in order (see :func:`tensor_stats`).
 
     Each tensor is read once. The data shards are read front to back in units of a few MB
@@ -234,8 +234,20 @@ def iter_stats(ckpt: Checkpoint, keys: Iterable[str], *, progress: Progress | No
     bytes_done)`` is called as each record is ready and about every quarter second in
     between; ``labels`` maps keys to the label shown. ``chunk_bytes`` sets the unit size (the
     numbers do not depend on it); see :func:`tensor_chunks` for ``threshold_bytes``. An error
-    (a missing shard, a checksum) is raised in its tensor's turn.
+    (a missing shard, a checksum) is raised in its tensor's turn. With ``cluster`` (a
+    :class:`tpuckpt_viz.engine.cluster.Cluster`), tensors that its workers can read are read
+    there, with the same results.
     """
+    if cluster is not None and threshold_bytes is None and chunk_bytes is None:
+        from tpuckpt_viz.engine import cluster as dask_engine
+
+        def in_process(key: str) -> dict:
+            return tensor_stats(ckpt, key, keep_sample=keep_sample)
+
+        yield from dask_engine.iter_stats(cluster, ckpt, list(keys), record=_record,
+                                          in_process=in_process, progress=progress,
+                                          keep_sample=keep_sample, labels=labels)
+        return
     import google_crc32c
 
     keys = list(keys)

@@ -29,6 +29,7 @@ from tpuckpt_viz.dashboard.app_pages.common import (
     sync_url,
 )
 from tpuckpt_viz.engine import diff
+from tpuckpt_viz.engine.cluster import configured as configured_cluster
 
 # A link to the run alone (?run=DIR) opens that run: its newest checkpoint becomes current.
 if CURRENT not in st.session_state and st.query_params.get("run") and not (
@@ -101,7 +102,7 @@ def _diff(sig_a: tuple, sig_b: tuple, prefix_a: str, prefix_b: str, by: str) -> 
     def progress(done, total, label):
         bar.progress(done / max(total, 1), text=f"Comparing {done}/{total}: {label}")
 
-    records = diff.diff_checkpoints(a, b, by=by, progress=progress)
+    records = diff.diff_checkpoints(a, b, by=by, progress=progress, cluster=configured_cluster())
     bar.empty()
     return pd.DataFrame(records)
 
@@ -222,7 +223,7 @@ def _steps(run_dir: str, members: tuple, match: str, kinds: tuple) -> pd.DataFra
                      text=f"Checkpoint {done}/{total}: {os.path.basename(label)}")
 
     records = diff.run_steps(run_dir, match=match or None, kinds=kinds or None,
-                             progress=progress)
+                             progress=progress, cluster=configured_cluster())
     bar.empty()
     return pd.DataFrame(records)
 
