@@ -75,14 +75,6 @@ def run_error(capsys, *args) -> tuple[str, float]:
 
 # -- the same answers as the local files ---------------------------------------------------
 
-@pytest.mark.parametrize("command, which, extra", [
-    ("list", "keras", ()),
-    ("stats", "keras", ()),
-    ("stats", "sized", ()),
-    ("list", "run", ()),      # a folder: its newest checkpoint, through the state file
-    ("steps", "run", ()),
-    ("diff", "run", ("first", "last")),
-])
 def demo_steps(folder: str) -> tuple[str, str]:
     """The first and the last checkpoint of a run folder (by step number)."""
     from pathlib import Path
@@ -92,6 +84,14 @@ def demo_steps(folder: str) -> tuple[str, str]:
     return names[0], names[-1]
 
 
+@pytest.mark.parametrize("command, which, extra", [
+    ("list", "keras", ()),
+    ("stats", "keras", ()),
+    ("stats", "sized", ()),
+    ("list", "run", ()),      # a folder: its newest checkpoint, through the state file
+    ("steps", "sized_run", ()),
+    ("diff", "run", ("first", "last")),
+])
 def test_commands_match_local(capsys, bucket, command, which, extra):
     url, local = bucket[which]
     if extra:
