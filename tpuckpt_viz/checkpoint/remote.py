@@ -99,6 +99,22 @@ def _gcs_class():
     return BoundedGCSFileSystem, {"requests_timeout": timeout}
 
 
+def _gcs_filesystem():
+    """gcsfs with Application Default Credentials, else anonymous (public buckets).
+
+    gcsfs's own search (token=None) also tries the GCE metadata server directly after
+    google-auth has already found no VM there: 5 attempts with backoff, ~17 s off Google
+    Cloud before even the first request. google-auth's check covers the VM case.
+    """
+    from google.auth.exceptions import DefaultCredentialsError
+
+    cls, options = _gcs_class()
+    try:
+        return cls(token="google_default", listings_expiry_time=LISTING_TTL_S, **options)
+    except (DefaultCredentialsError, ValueError):
+        return cls(token="anon", listings_expiry_time=LISTING_TTL_S, **options)
+
+
 def filesystem(path: str):
     """The fsspec filesystem for ``path``'s scheme (one instance per scheme and process)."""
     proto = scheme(path)
@@ -108,8 +124,7 @@ def filesystem(path: str):
         if fs is None:
             try:
                 if proto == "gs":
-                    cls, options = _gcs_class()
-                    fs = cls(listings_expiry_time=LISTING_TTL_S, **options)
+                    fs = _gcs_filesystem()
                 else:
                     import fsspec
 
