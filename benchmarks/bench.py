@@ -385,6 +385,15 @@ def run_benchmark(mode: str, keep: str | None = None) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def remote_figures(quick: bool, before: str | None) -> int:
+    """``--remote``: the gs:// figures of ``benchmarks/bench_remote.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_remote import run_remote
+
+    print(json.dumps(run_remote("quick" if quick else "full", before), indent=1))
+    return 0
+
+
 # --------------------------------------------------------------------- --cluster (Dask)
 
 def _make_dense_pair(folder: str, mode: str) -> dict:
@@ -512,11 +521,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate inputs into DIR once and reuse them (not removed)")
     parser.add_argument("--make", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--rss", metavar="PREFIX", help=argparse.SUPPRESS)
+    parser.add_argument("--remote", action="store_true",
+                        help="gs:// figures against a GCS emulator instead (bench_remote.py)")
+    parser.add_argument("--before", metavar="DIR",
+                        help="with --remote: also measure the code checked out in DIR")
     parser.add_argument("--cluster", action="store_true",
                         help="only the Dask figures: stats and diff in-process and on local "
                              "clusters of 1 and 2 workers")
     parser.add_argument("--make-pair", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.remote:
+        return remote_figures(args.quick, args.before)
     if args.make_pair:
         print(json.dumps(_make_dense_pair(*args.make_pair)))
         return 0

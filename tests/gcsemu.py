@@ -273,8 +273,13 @@ class Testbed:
                        "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
                        "CURL_CA_BUNDLE": str(self.certificate[0]),
                        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator-needs-no-token"}
+        # Uploads go straight to the emulator, with gcsfs's own settings (no proxy, no delay).
+        from gcsfs.core import GCSFileSystem
+
+        self.uploader = GCSFileSystem(endpoint_url=self.emulator.url, token="anon",
+                                      skip_instance_cache=True)
         for bucket in (self.BUCKET, "nocreds", "denied"):
-            self.fs().mkdir(bucket)
+            self.uploader.mkdir(bucket)
 
     def fs(self):
         """The tool's own gcsfs filesystem (bounded retries), pointed at the proxy."""
@@ -289,13 +294,13 @@ class Testbed:
         url = f"gs://{self.BUCKET}/{dest.strip('/')}"
         if local.is_dir():
             for file in sorted(p for p in local.rglob("*") if p.is_file()):
-                self.fs().put_file(str(file), f"{url}/{file.relative_to(local).as_posix()}")
+                self.uploader.put_file(str(file), f"{url}/{file.relative_to(local).as_posix()}")
         elif local.is_file():
-            self.fs().put_file(str(local), url)
+            self.uploader.put_file(str(local), url)
         else:  # a checkpoint prefix: its .index and .data-* files
             folder = url.rsplit("/", 1)[0]
             for file in sorted(local.parent.glob(local.name + ".*")):
-                self.fs().put_file(str(file), f"{folder}/{file.name}")
+                self.uploader.put_file(str(file), f"{folder}/{file.name}")
             url = f"{folder}/{local.name}"
         self.fs().invalidate_cache()
         return url

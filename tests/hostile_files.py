@@ -265,3 +265,19 @@ def odd_dtype_inputs(tf, folder: Path) -> Path:
 
     _edit_pb(folder, edit)
     return folder
+
+
+def allocating_model(tf, folder: Path) -> Path:
+    """serving_default allocates ``n`` floats (``n`` is the input) and loops ``steps`` times."""
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+        def serve(self, n, steps):
+            total = tf.reduce_sum(tf.ones(tf.reshape(n, [1]), tf.float32))
+            (i,) = tf.while_loop(lambda i: i < steps, lambda i: (i + 1,),
+                                 (tf.constant(0, tf.int64),))
+            return {"total": total, "steps": i}
+
+    m = Module()
+    tf.saved_model.save(m, str(folder), signatures={"serving_default": m.serve})
+    return folder

@@ -77,13 +77,12 @@ def caption_prefix(at) -> str:
 def test_demo_opens_by_default(app_env):
     at = open_app()
     m = metrics(at)
-    assert set(m) >= {"Variables", "Parameters", "Size"}
+    assert set(m) >= {"Variables", "Model parameters", "Optimizer state", "Size"}
     assert int(m["Variables"].replace(",", "")) > 20
-    assert int(m["Parameters"].replace(",", "")) > 100
     assert m["Size"].endswith(("B", "KB", "MB"))
     prefix = caption_prefix(at)
     assert prefix == str(app_env / "ckpt-300")  # the newest step of the run
-    assert at.selectbox(key="ckpt_path_step").value == "ckpt-300"
+    assert at.selectbox(key="ckpt_path_step").value == prefix
     table = variable_table(at)
     assert len(table) == int(m["Variables"])
     # The tensor shown by default is a weight, and its statistics are numpy's.
@@ -123,10 +122,11 @@ def test_weight_with_slots_and_a_slot(app_env):
 
 def test_other_step_of_the_run(app_env):
     at = open_app()
-    at.selectbox(key="ckpt_path_step").set_value("ckpt-60")
+    at.selectbox(key="ckpt_path_step").set_value(str(app_env / "ckpt-50"))
     at = rerun(at)
     prefix = caption_prefix(at)
-    assert prefix.endswith("ckpt-60")
+    assert prefix.endswith("ckpt-50")
+    assert at.query_params["ckpt"] == prefix  # the URL says what is on screen
     table = variable_table(at)
     name = at.selectbox(key="tensor").value
     key = table[table["name"] == name]["key"].iloc[0]
@@ -139,9 +139,16 @@ def test_filters_and_bad_pattern(app_env):
     at = rerun(at)
     assert set(variable_table(at)["kind"]) == {"slot"}
     at.multiselect(key="f_kind").set_value([])
+    at = rerun(at)
+    tensor = at.selectbox(key="tensor").value
+    shown = len(variable_table(at))
     at.text_input(key="f_pattern").set_value("([")
     at = rerun(at)
     assert "bad name pattern" in errors(at)
+    # The error changes nothing else: the same table and the same tensor.
+    assert at.selectbox(key="tensor").value == tensor
+    assert len(variable_table(at)) == shown
+    assert not any("nan" in i.value for i in at.info)
 
 
 # -- other checkpoints through ?ckpt= --------------------------------------------------------
@@ -231,3 +238,71 @@ def test_t5x_partial_lists_then_names_the_missing_shard(app_env, shared):
     assert "model.ckpt-0.data-00001-of-00002" in errors(at)
     # The listing stays on the page.
     assert metrics(at)["Variables"] == "105"
+
+
+# -- counts, the object graph, the table ------------------------------------------------------
+
+def test_counts_as_model_summary_without_slots(app_env):
+    """Model parameters as Keras's model.summary() counts them: no Adam slots in them."""
+    from tpuckpt_viz.demo import build_model
+
+    model = build_model()
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    non_trainable = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
+    at = open_app()
+    m = metrics(at)
+    assert int(m["Model parameters"].replace(",", "")) == trainable + non_trainable
+    assert f"trainable {trainable:,} · non-trainable {non_trainable:,}" in [
+        c.value for c in at.caption]
+    # Adam keeps two slots per trainable variable: about twice the trainable count.
+    assert int(m["Optimizer state"].replace(",", "")) >= 2 * trainable
+
+
+def test_object_graph_is_a_tree_not_a_variable(app_env):
+    at = open_app()
+    table = variable_table(at)
+    assert "_CHECKPOINTABLE_OBJECT_GRAPH" not in set(table["key"])
+    assert "_CHECKPOINTABLE_OBJECT_GRAPH" not in at.selectbox(key="tensor").options
+    tree = next(c.value for c in at.code if "model" in c.value)
+    assert "(embedding)" in tree and "= embedding/embeddings" in tree
+    assert "optimizer" in tree and "[slot [32, 32]]" in tree
+
+
+def test_variable_table_columns_and_empty_cells(app_env):
+    at = open_app()
+    table = variable_table(at)
+    assert list(table.columns[:5]) == ["name", "kind", "layer", "shape", "dtype"]
+    assert table.columns[-1] == "key"
+    weights = table[table["kind"] == "weight"]
+    assert (weights["slot"] == "").all() and (weights["slot_of_name"] == "").all()
+    assert not table.isna().any().any()
+
+
+# -- one current checkpoint across the pages ---------------------------------------------------
+
+def test_current_checkpoint_follows_across_pages(app_env):
+    """An earlier step opened by link stays the current one on Compare and Infer, and back."""
+    from apphelpers import BROWSE, COMPARE, INFER
+
+    earlier = str(app_env / "ckpt-150")
+    at = open_app(ckpt=earlier)
+    assert caption_prefix(at) == earlier
+
+    def switch(page):
+        for key in list(at.query_params):  # page switches may drop the URL's parameters
+            del at.query_params[key]
+        at.switch_page(page)
+        return rerun(at)
+
+    switch(COMPARE)
+    assert at.text_input(key="cmp_b").value == earlier
+    assert at.text_input(key="cmp_a").value == str(app_env / "ckpt-100")  # the step before
+    assert at.query_params["b"] == earlier and at.query_params["run"] == str(app_env)
+    switch(INFER)
+    assert at.selectbox(key="infer_step").value == earlier
+    # Another step picked on Infer becomes the current one everywhere.
+    at.selectbox(key="infer_step").set_value(str(app_env / "ckpt-200"))
+    rerun(at)
+    switch(BROWSE)
+    assert caption_prefix(at) == str(app_env / "ckpt-200")
+    assert at.query_params["ckpt"] == str(app_env / "ckpt-200")

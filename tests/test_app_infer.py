@@ -38,14 +38,14 @@ def test_demo_runs_in_one_click(app_env):
     at = open_page()
     assert not at.error, errors(at)
     assert "tpuckpt_viz.demo:build_model" in " ".join(c.value for c in at.caption)
-    assert at.selectbox(key="infer_step").value == "ckpt-300"
+    assert at.selectbox(key="infer_step").value == str(app_env / "ckpt-300")
     click(at, "infer_run")
     assert not at.error, errors(at)
     shown = metrics(at)
     assert shown["Device"] == "/device:CPU:0"
     assert shown["Restore"] == "ok"
-    table = frame(at, "0", "1", "2")
-    assert table.shape == (4, 3)
+    table = frame(at, "0", "1", "2", "3")
+    assert table.shape == (4, 4)
     assert (table.sum(axis=1).round(4) == 1).all()  # softmax rows
     assert any("TPU" in c.value for c in at.caption)  # why the TPU was skipped
 
@@ -110,7 +110,7 @@ def test_path_outside_roots(app_env, tmp_path_factory):
 
 def test_two_steps_compared(app_env):
     at = open_page()
-    assert at.selectbox(key="infer_other").value == "ckpt-0"
+    assert at.selectbox(key="infer_other").value == str(app_env / "ckpt-250")  # the step before
     click(at, "infer_compare")
     assert not at.error, errors(at)
     diff = frame(at, "output", "max_abs_diff", "mean_abs_diff")
@@ -122,3 +122,41 @@ def test_two_steps_compared(app_env):
 def _fresh_models():
     inf.clear_caches()
     yield
+
+
+def test_restore_error_stops_and_offers_the_export(app_env, shared):
+    """An Estimator run restored into the demo's builder cannot work: the page says so, offers
+    the run's SavedModel export, and shows no Run button."""
+    folder = shared / "tfx_chicago_taxi_estimator"
+    at = open_page(ckpt=str(folder))
+    assert "matched none" in errors(at)
+    assert not [b for b in at.button if b.label == "Run"]
+    export = [b for b in at.button if b.label.startswith("Open the SavedModel")]
+    assert export and "export/chicago-taxi/1646034756" in export[0].label
+    export[0].click().run()
+    assert not at.exception
+    assert at.text_input(key="infer_path").value.endswith("1646034756")
+    assert not at.error, errors(at)
+    assert at.selectbox(key="infer_tags").value == "serve"
+
+
+def test_large_output_is_summarised_not_tabled(app_env, shared):
+    at = open_page(ckpt=shared / HALF_PLUS_TWO)
+    at.number_input(key="infer_batch").set_value(500).run()
+    click(at, "infer_run")
+    assert not at.error, errors(at)
+    summary = frame(at, "name", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf",
+                    "first value")
+    assert summary["shape"].tolist() == ["[500, 1]"]
+    assert not [d for d in at.dataframe if list(d.value.columns) == ["0"]]  # no 500-row table
+    assert len(at.get("plotly_chart")) >= 1
+
+
+def test_json_carries_what_the_page_shows(shared):
+    result = inf.run_inference(str(shared / HALF_PLUS_TWO), inputs={"x": [[1.0], [2.0]]},
+                               device="cpu")
+    doc = inf.result_to_json(result)
+    assert doc["outputs"]["y"] == [[2.5], [3.0]]
+    assert doc["tag_set"] == ["serve"] and doc["signature"] == "serving_default"
+    assert doc["inputs"] == {"x": {"shape": [2, 1], "dtype": "float32"}}
+    assert isinstance(doc["device_skipped"], list)

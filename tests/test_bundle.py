@@ -240,7 +240,9 @@ def test_parses_20000_entries_fast(tf, tmp_path):
     elapsed = time.perf_counter() - start
     assert len(index.entries) == n and list(index.entries) == sorted(names)
     assert bundle.read_tensor(index, names[12345])[0] == 12345.0
-    assert elapsed < 0.5, elapsed
+    # Includes validating every entry and reading each shape out of its proto (which listing
+    # then reuses): measured 0.44 to 0.99 s here at a load average of 10 on 2 cores.
+    assert elapsed < 2.0, elapsed
 
 
 # ------------------------------------------------------------------------- corruption

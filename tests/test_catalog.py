@@ -2,7 +2,7 @@
 
 Every folder under ``../shared/checkpoints`` that holds a checkpoint must open and list, with
 exactly the keys, shapes and dtypes that ``tf.train.list_variables`` reports, unique readable
-names and the record fields of the ``list`` contract (DESIGN.md section 3). Then the facts
+names and the record fields of the ``list`` contract (docs/reference.md). Then the facts
 that SOURCES.md states for particular folders, and the session fixtures' checkpoints.
 """
 

@@ -20,10 +20,12 @@ README = ROOT / "README.md"
 SAMPLE = {"roots": "/data", "address": "0.0.0.0", "port": "8600", "model": "pkg.mod:build",
           "upload_mb": "5", "slice_mb": "3", "chunk_mb": "1", "cache_entries": "9",
           "allow_unsafe_ops": "1", "demo_dir": "/tmp/demo-x", "progress": "never",
-          "scheduler": "tcp://10.0.0.2:8786", "workers": "3"}
+          "worker_mb": "2048", "worker_timeout_s": "30", "scheduler": "tcp://host:8786",
+          "workers": "3"}
 BAD = {"port": ["abc", "0", "70000"], "upload_mb": ["-1", "1.5"], "slice_mb": ["0"],
        "chunk_mb": ["-1", "lots"], "cache_entries": ["many"], "allow_unsafe_ops": ["maybe", "2"],
-       "progress": ["sometimes"]}
+       "progress": ["sometimes"], "worker_mb": ["-1", "lots"], "worker_timeout_s": ["0"],
+       "workers": ["0", "two"]}
 
 
 def test_settings_table_is_well_formed():

@@ -113,7 +113,7 @@ def test_list_fetches_index_and_object_graph_only(capsys, gcs, bucket):
     gcs.proxy.reset()
     run_json(capsys, "list", url)
     index = len(open(local + ".index", "rb").read())
-    assert gcs.proxy.bytes <= 1.2 * index + 64 << 10, gcs.proxy.log  # + graph and a listing
+    assert gcs.proxy.bytes <= 1.2 * index + (64 << 10), gcs.proxy.log  # + graph and a listing
     assert gcs.proxy.requests <= 5, gcs.proxy.log
 
 

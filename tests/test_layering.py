@@ -1,4 +1,4 @@
-"""Layering: one rule per folder of the package (DESIGN.md section 2).
+"""Layering: one rule per folder of the package (README.md, "Layout").
 
 - ``dashboard/`` alone imports Streamlit (and ``app.py``, which only runs it).
 - ``checkpoint/``, ``engine/``, ``inference/`` and ``cli/`` import no Streamlit, pandas or plotly.

@@ -1,4 +1,4 @@
-"""What a PATH means (tpuckpt_viz.checkpoint.paths): every form that DESIGN.md lists, and the errors.
+"""What a PATH means (tpuckpt_viz.checkpoint.paths): every form docs/reference.md lists; errors.
 
 Checkpoints here are real: copies of ``../shared/checkpoints/tf2onnx_regression/checkpoint``
 under other prefixes (a bundle does not record its own prefix), and small ones that
@@ -234,16 +234,20 @@ def test_run_of_real_estimator_folder(shared):
 
 # ----------------------------------------------------------------- other formats
 
-def test_keras_archive_is_named(tf, tmp_path):
+def test_keras_files_open_as_keras(tf, tmp_path):
+    """Keras files are read (tests/test_keras_files.py covers them): they resolve to the
+    file itself, told by its bytes."""
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.save(str(tmp_path / "model.keras"))
-    one_line_error(tmp_path / "model.keras", "Keras", ".keras")
-
-
-def test_keras_weights_h5_is_named(tf, tmp_path):
-    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.save_weights(str(tmp_path / "model.weights.h5"))
-    one_line_error(tmp_path / "model.weights.h5", "HDF5")
+    for name in ("model.keras", "model.weights.h5"):
+        resolved = resolve_checkpoint(str(tmp_path / name))
+        assert resolved.format == "keras" and resolved.prefix == str(tmp_path / name)
+
+
+def test_file_named_like_keras_but_not_hdf5(tmp_path):
+    (tmp_path / "broken.weights.h5").write_text("not an HDF5 file")
+    one_line_error(tmp_path / "broken.weights.h5", "neither HDF5 nor a .keras zip")
 
 
 def test_orbax_folder_is_named(tmp_path):
@@ -302,7 +306,7 @@ def test_ram_filesystem(tf):
     opened = open_checkpoint(folder)
     records = {r["key"]: r for r in list_records(opened)}
     w = records["w/.ATTRIBUTES/VARIABLE_VALUE"]
-    assert w["shape"] == [2, 2] and w["kind"] == "weight" and w["name"] == "Variable"
+    assert w["shape"] == [2, 2] and w["kind"] == "weight" and w["name"] == "w"
     assert opened.read("w/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [[2, 3], [4, 5]]
     with pytest.raises(UserError):
         resolve_checkpoint(folder + "/ckpt-7")

@@ -76,15 +76,18 @@ def test_table_summary_and_filters(demo_run):
     table = views.variable_table(open_checkpoint(str(demo_run)))
     summary = views.summarize(table)
     assert summary.variables == len(table)
-    assert summary.parameters == table["numel"].sum()
+    model_kinds = table["kind"].isin(["weight", "bias", "norm", "stat"])
+    assert summary.parameters == table.loc[model_kinds, "numel"].sum()
+    assert summary.non_trainable == table.loc[table["kind"] == "stat", "numel"].sum() == 64
     assert set(summary.by_kind["kind"]) >= {"weight", "bias", "norm", "stat", "slot"}
     kernel = table[table["name"] == "dense/kernel"].iloc[0]
     slots = table[table["slot_of"] == kernel["key"]]
     assert sorted(slots["slot"]) == ["momentum", "velocity"]
     assert set(slots["slot_of_name"]) == {"dense/kernel"}
-    only = views.filter_table(table, kinds=["weight"], pattern="dense")
-    assert set(only["name"]) == {"dense/kernel", "dense_1/kernel"}
-    assert len(views.filter_table(table, dtypes=["int64"])) == 3
+    only = views.filter_table(table, kinds=["weight"], pattern="ffn_in")
+    assert set(only["name"]) == {"block0_ffn_in/kernel", "block1_ffn_in/kernel"}
+    assert len(views.filter_table(table, dtypes=["int64"])) == 3  # step, save_counter, iteration
+    assert "_CHECKPOINTABLE_OBJECT_GRAPH" not in set(table["key"])
 
 
 def test_string_tensor_shows_values(demo_run):
@@ -119,3 +122,36 @@ def test_pair_view_one_pass_matches_numpy(matrix_ckpt, tmp_path, tf):
     expected, sr, sc = downsample_2d(moved - big, views.MAX_HEATMAP_SIDE)
     assert pv.delta_strides == (sr, sc)
     np.testing.assert_allclose(pv.delta_heat, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_heat_axes_say_how_a_tensor_was_laid_out():
+    rows, cols, note = views.heat_axes((3, 3, 64, 128), (3, 1))
+    assert rows.startswith("dims 0-2 (3×3×64 = 576") and cols == "dim 3 (128)"
+    assert "flattened into rows" in note and "3×1 block" in note
+    assert views.heat_axes((10, 20)) == ("dim 0 (10)", "dim 1 (20)", "")
+
+
+def test_heatmap_marks_nan_cells(matrix_ckpt):
+    prefix, big, _ = matrix_ckpt
+    view = views.tensor_view(open_checkpoint(prefix), "big/.ATTRIBUTES/VARIABLE_VALUE")
+    assert view.heat_bad is not None and int(view.heat_bad.sum()) == 1
+
+
+def test_short_names_keep_long_names_apart():
+    from tpuckpt_viz.dashboard import charts
+
+    names = [f"transformer/body/encoder/layer_{i}/self_attention/multihead_attention/q/kernel"
+             for i in range(12)]
+    short = charts.short_names(names, 40)
+    assert len(set(short.values())) == 12
+    assert all(len(v) <= 40 and v.startswith("…/") for v in short.values())
+
+
+def test_object_tree_of_a_tf2_checkpoint(demo_run):
+    ckpt = open_checkpoint(str(demo_run))
+    table = views.variable_table(ckpt)
+    tree = views.object_tree(ckpt, table)
+    variables = tree[tree["kind"] != ""]
+    assert set(variables["name"]) == set(table["name"])  # every variable once
+    kernel = variables[variables["name"] == "dense/kernel"].iloc[0]
+    assert kernel["path"].startswith("model/")  # under its layer, not the optimizer's list

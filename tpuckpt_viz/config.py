@@ -67,6 +67,8 @@ class Setting:
     def parse(self, value: str, source: str | None = None):
         """``value`` as this setting's type; a malformed one raises UserError naming it."""
         text = value.strip()
+        if not text and not self.default and self.kind in ("int", "choice", "bool"):
+            return None  # an optional setting left unset (its default is "none")
 
         def bad() -> UserError:
             where = source or f"{self.env}={value!r}"
@@ -122,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How many results (tensor statistics, histograms, diffs) the dashboard keeps cached.",
             kind="int", minimum=1, metavar="N"),
     Setting("allow_unsafe_ops", "0", "TPUCKPT_ALLOW_UNSAFE_OPS", "--allow-unsafe-ops",
-            "Set to 1 to run SavedModels whose signature uses file-system or Python ops "
-            "(ReadFile, WriteFile, PyFunc, ...). Off by default.", kind="bool",
+            "Run SavedModels whose signature uses file-system or Python ops (ReadFile, "
+            "WriteFile, PyFunc, ...). Off by default.", kind="bool",
             commands=("serve", "infer")),
     Setting("demo_dir", "", "TPUCKPT_DEMO_DIR", "--demo-dir",
             "Where the demo run is written. Default: ~/.cache/tpuckpt-viz/demo.", metavar="DIR"),

@@ -25,6 +25,10 @@ def tf():
         return _tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # Bounded retries and timeouts for TensorFlow's own gs:// reads (SavedModel inference).
+    from tpuckpt_viz.checkpoint.remote import tf_gcs_defaults
+
+    tf_gcs_defaults()
     saved = None
     try:
         sys.stderr.flush()

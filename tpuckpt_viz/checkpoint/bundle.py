@@ -9,27 +9,28 @@ Why not just ``tf.train.load_checkpoint``: TensorFlow's reader only reads whole 
 multi-GB tensor needs multi-GB of memory. With the entry's shard, offset and size we stream
 the bytes in bounded chunks and still verify TensorFlow's own checksum.
 
-The ``tensorflow.core...`` proto modules import all of TensorFlow (their parent package's
-``__init__``), so they, like ``tf.io.gfile``, are imported lazily inside functions.
+The protos are decoded with the project's own definitions (:mod:`tpuckpt_viz.checkpoint.protos`)
+and the bytes read through :mod:`tpuckpt_viz.checkpoint.storage`: listing and streaming a
+local bundle imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import google_crc32c
 import ml_dtypes
 import numpy as np
 
-from tpuckpt_viz.checkpoint import shards, storage, table
+from tpuckpt_viz.checkpoint import protos, shards, storage, table
 from tpuckpt_viz.checkpoint.shards import Range, ReadPlan
 from tpuckpt_viz.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from tensorflow.core.protobuf.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
+    from tpuckpt_viz.checkpoint.protos import BundleEntryProto, BundleHeaderProto
 
 # DataType enum value -> tf.dtypes name, indexed by value (types.proto; values never change).
 _NAMES = (
@@ -61,6 +62,11 @@ class BundleIndex:
     prefix: str
     header: BundleHeaderProto
     entries: dict[str, BundleEntryProto]
+    # key -> shape as a tuple, filled by :func:`validate` (protobuf access is the cost of
+    # listing 20,000 entries: each shape is read from its proto once).
+    shapes: dict[str, tuple] = field(default_factory=dict)
+    # key -> why the entry cannot be read (its bytes lie past the end of its shard).
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def data_path(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -92,9 +98,23 @@ def can_stream(entry) -> bool:
     return not entry.slices and dt is not None and entry.size == _numel(entry) * dt.itemsize
 
 
+class Unsupported(UserError):
+    """An index this reader does not know how to read (a block compression other than snappy),
+    though it is not damaged: :class:`tpuckpt_viz.checkpoint.reader.Checkpoint` then lets
+    TensorFlow's reader try. Every other error from :func:`read_index` means the index is
+    damaged or hostile, and nothing is handed to TensorFlow."""
+
+
+# Sanity limits for index validation. TensorFlow's TensorShape allows 254 dimensions but
+# aborts on element counts past int64; numpy takes 64. Shard file names have 5 digits.
+MAX_RANK = 64
+MAX_SHARDS = 99999
+_MAX_NUMEL = 1 << 62
+
+
 def read_index(prefix: str) -> BundleIndex:
     """Parse ``PREFIX.index`` (any filesystem :mod:`storage` reads), checking every block's
-    crc32c."""
+    crc32c, then every entry (:func:`validate`): a damaged index is a :class:`UserError`."""
     from google.protobuf.message import DecodeError
 
     name = f"{prefix}.index"
@@ -102,9 +122,10 @@ def read_index(prefix: str) -> BundleIndex:
         data = storage.read_all(name)
     except storage.NotFound:
         raise UserError(f"no {name}: pass the checkpoint prefix, e.g. .../model.ckpt-1000") from None
-    from tensorflow.core.protobuf import tensor_bundle_pb2 as pb
+    pb = protos
 
     bad = f"{name} is not a valid checkpoint index (truncated or corrupt): "
+    slices = []
     try:
         header = None
         entries: dict = {}
@@ -113,14 +134,132 @@ def read_index(prefix: str) -> BundleIndex:
                 header = pb.BundleHeaderProto.FromString(value)
             elif key[0] != 0:  # slice keys are binary and start with \x00
                 entries[key.decode("utf-8", "surrogateescape")] = pb.BundleEntryProto.FromString(value)
+            else:  # a saved slice of a partitioned variable: not listed, still checked
+                slices.append((key.decode("utf-8", "backslashreplace"),
+                               pb.BundleEntryProto.FromString(value)))
         if header is None:
             raise ValueError("no header entry")
     except table.UnknownCompression as e:
-        raise UserError(f"{name} uses {e}, unknown here: it is read through TensorFlow's "
-                        "reader instead") from None
+        raise Unsupported(f"{name} uses {e}, unknown here: it is read through TensorFlow's "
+                          "reader instead") from None
     except (ValueError, IndexError, struct.error, DecodeError) as e:
         raise UserError(bad + str(e)) from None
-    return BundleIndex(prefix=prefix, header=header, entries=entries)
+    index = BundleIndex(prefix=prefix, header=header, entries=entries)
+    validate(index, slices)
+    return index
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _entry_problem(entry, dims: tuple, num_shards: int) -> str | None:
+    """What is wrong with one entry (whose shape is ``dims``), or None."""
+    value = entry.dtype
+    base = value - 100 if value > 100 else value
+    if not 0 < base < len(_NAMES):
+        return f"unknown dtype number {value}"
+    numel = 1
+    if dims:
+        if len(dims) > MAX_RANK:
+            return f"its shape has {len(dims)} dimensions (at most {MAX_RANK} make sense)"
+        if min(dims) < 0:
+            return f"its shape {_shape_text(dims)} has a negative dimension"
+        for d in dims:
+            numel *= d
+            if numel > _MAX_NUMEL:
+                return f"its shape {_shape_text(dims)} holds more elements than any file can"
+    elif entry.shape.unknown_rank:
+        return "its shape has an unknown rank"
+    shard, offset, size = entry.shard_id, entry.offset, entry.size
+    if not 0 <= shard < num_shards:
+        return f"shard number {shard} but the checkpoint has {num_shards} shard(s)"
+    if offset < 0 or size < 0:
+        return f"offset {offset} and size {size} (both must be at least 0)"
+    dt = _NUMPY.get(base)
+    slices = entry.slices
+    if dt is not None and not slices and size != numel * dt.itemsize:
+        return (f"size {size} bytes but shape {_shape_text(dims)} {dtype_name(value)} needs "
+                f"{numel * dt.itemsize}")
+    for piece in slices:
+        extents = list(piece.extent)
+        if len(extents) != len(dims):
+            return f"a slice of rank {len(extents)} in a tensor of rank {len(dims)}"
+        for ext, dim in zip(extents, dims):
+            start = int(ext.start)
+            length = int(ext.length) if ext.HasField("length") else dim - start
+            if start < 0 or length < 0 or start + length > dim:
+                return f"a slice [{start}, +{length}) outside a dimension of {dim}"
+    return None
+
+
+def validate(index: BundleIndex, extra: list | None = None) -> None:
+    """Check the header and every entry before anything reads them: a known dtype, a shape of
+    sane rank with no negative dimension, a byte size equal to elements x item size for plain
+    numeric types, a shard number below the shard count, offset and size not negative, and a
+    data shard that is a regular file. ``extra`` are (name, entry) pairs checked the same way
+    (the saved slices of partitioned variables).
+
+    Raises :class:`UserError` naming the first bad entry and what is wrong. Entries that fail
+    here must never reach TensorFlow's C++ reader, which aborts the process on them.
+
+    An entry whose bytes lie past the end of its shard (a truncated copy, or a damaged
+    offset) does not fail the listing: like a tensor whose shard is missing, it is recorded in
+    ``index.unreadable`` and every read of it is refused (:func:`check_readable`), by this
+    reader and before TensorFlow's.
+    """
+    name = f"{index.prefix}.index"
+    damaged = "the checkpoint is damaged; re-copy it"
+    num_shards = int(index.header.num_shards)
+    if not 0 < num_shards <= MAX_SHARDS:
+        raise UserError(f"corrupt {name}: its header says {num_shards} data shards (1 to "
+                        f"{MAX_SHARDS} make sense): {damaged}")
+    if int(index.header.endianness) not in (0, 1):
+        raise UserError(f"corrupt {name}: unknown byte order {index.header.endianness}: "
+                        f"{damaged}")
+    # Each data shard's size, once (a missing shard is left to the read that needs it; a FIFO,
+    # a folder or a device in its place is an error now).
+    items = list(index.entries.items()) + list(extra or ())
+    shard_sizes: dict[int, int] = {}
+    for shard in {entry.shard_id for _, entry in items}:
+        if 0 <= shard < num_shards:
+            try:
+                shard_sizes[shard] = storage.size(data_path(index.prefix, shard, num_shards))
+            except storage.NotFound:
+                pass
+    shapes = index.shapes
+    for key, entry in items:
+        dims = tuple([d.size for d in entry.shape.dim])
+        problem = _entry_problem(entry, dims, num_shards)
+        if problem:
+            raise UserError(f"corrupt entry {_shown(key)!r} in {name}: {problem}: {damaged}")
+        shapes[key] = dims
+        end = shard_sizes.get(entry.shard_id)
+        if end is not None and entry.offset + entry.size > end:
+            # The rest of the entry is sound, so the checkpoint still lists (as one whose
+            # shard is missing does); reading this entry is refused (:func:`check_readable`).
+            path = data_path(index.prefix, entry.shard_id, num_shards)
+            index.unreadable[key] = (
+                f"corrupt entry {_shown(key)!r} in {name}: bytes {entry.offset} to "
+                f"{entry.offset + entry.size} but {path} holds only {end} bytes: the shard is "
+                "truncated or the index damaged; re-copy the checkpoint")
+
+
+def _shown(key: str) -> str:
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_readable(index: BundleIndex, key: str) -> None:
+    """Raise :class:`UserError` if the entry ``key`` (or a saved slice of it) lies past the end
+    of its data shard: such an entry is never read, by this reader or TensorFlow's."""
+    problem = index.unreadable.get(key)
+    if problem is None and index.unreadable:
+        entry = index.entries.get(key)
+        if entry is not None and entry.slices:  # a partitioned variable: any of its slices
+            problem = next((m for k, m in index.unreadable.items()
+                            if k.startswith("\x00") and key in k), None)
+    if problem:
+        raise UserError(problem)
 
 
 def plan(index: BundleIndex, key: str) -> ReadPlan:
@@ -130,6 +269,7 @@ def plan(index: BundleIndex, key: str) -> ReadPlan:
     entry = index.entries.get(key)
     if entry is None:
         raise UserError(f"no tensor {key!r} in {index.prefix}.index: list the checkpoint to see its keys")
+    check_readable(index, key)
     shape = tuple(int(d.size) for d in entry.shape.dim)
     if not can_stream(entry):
         return ReadPlan(key, shape)
@@ -176,36 +316,60 @@ def read_tensor(index: BundleIndex, key: str) -> np.ndarray:
     return out.reshape(p.shape)
 
 
-def read_scalar_string(index: BundleIndex, key: str) -> bytes | None:
-    """The bytes of a scalar string tensor (the object graph), read from its data shard.
+def read_strings(index: BundleIndex, key: str) -> list[bytes] | None:
+    """The elements of a string tensor (flat, in order), read from its data shard.
 
     TensorFlow stores a string tensor as the varint64 length of each element, a 4-byte
-    masked crc32c of those lengths, then the bytes. Reading it here spares opening
-    TensorFlow's ``CheckpointReader`` (which re-reads the whole index) just to list a
-    checkpoint. Returns None, for the caller to fall back to TensorFlow's reader, when the
-    entry is not a plain scalar string or anything does not check out.
+    masked crc32c of those lengths, then the bytes; the entry's crc32c runs over each length
+    as a little-endian uint32 (uint64 past 4 GiB), the masked length checksum, then the bytes
+    (tensor_bundle.cc WriteStringTensor). Reading it here spares TensorFlow's reader (and
+    importing TensorFlow) for the object graph and other strings. Returns None, for the caller
+    to fall back to TensorFlow's reader, when the entry is not a plain string tensor or
+    anything does not check out.
     """
     entry = index.entries.get(key)
-    if (entry is None or entry.dtype != 7 or entry.slices or len(entry.shape.dim) != 0
-            or index.header.endianness != 0):
+    if (entry is None or entry.dtype != 7 or entry.slices or index.header.endianness != 0
+            or key in index.unreadable):
         return None
+    numel = math.prod(index.shapes.get(key) or (d.size for d in entry.shape.dim))
     path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
     try:
         with shards.open_shard(path) as f:
             raw = shards.read_exact(f, int(entry.offset), int(entry.size), key)
     except UserError:  # a missing or unreadable shard: TensorFlow's reader says which
         return None
+    lengths, pos = [], 0
+    crc = 0
     try:
-        length, pos = table.varint(raw, 0)
+        for _ in range(numel):
+            length, pos = table.varint(raw, pos)
+            lengths.append(length)
+            crc = google_crc32c.extend(crc, struct.pack("<I" if length <= 0xFFFFFFFF else "<Q",
+                                                        length))
     except ValueError:
         return None
-    if pos + 4 + length != len(raw):
+    if pos + 4 + sum(lengths) != len(raw):
         return None
-    # The checksum runs over each length as a little-endian uint32 (uint64 past 4 GiB), the
-    # masked length checksum itself, then the bytes (tensor_bundle.cc WriteStringTensor).
-    crc = google_crc32c.extend(0, struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length))
+    # The stored length checksum is the masked crc32c of the lengths so far.
+    if table.mask(crc) != int.from_bytes(raw[pos:pos + 4], "little"):
+        return None
     crc = google_crc32c.extend(crc, raw[pos:pos + 4])
-    crc = google_crc32c.extend(crc, raw[pos + 4:])
+    pos += 4
+    crc = google_crc32c.extend(crc, raw[pos:])
     if table.mask(crc) != entry.crc32c:
         return None
-    return raw[pos + 4:]
+    out = []
+    for length in lengths:
+        out.append(raw[pos:pos + length])
+        pos += length
+    return out
+
+
+def read_scalar_string(index: BundleIndex, key: str) -> bytes | None:
+    """The bytes of a scalar string tensor (the object graph), or None as
+    :func:`read_strings` returns it."""
+    entry = index.entries.get(key)
+    if entry is None or len(entry.shape.dim) != 0:
+        return None
+    strings = read_strings(index, key)
+    return strings[0] if strings else None

@@ -23,9 +23,15 @@ def is_local(path: str) -> bool:
 
 
 def open_binary(path: str):
-    """A binary file object for ``path``: the local file, else ``tf.io.gfile`` (gs://, ram://)."""
+    """A seekable binary file object for ``path``: the local file, else fsspec (gs:// and
+    other buckets, through :mod:`tpuckpt_viz.checkpoint.remote`), else ``tf.io.gfile``
+    (ram://)."""
     if is_local(path):
         return open(path, "rb")
+    from tpuckpt_viz.checkpoint import remote
+
+    if remote.handles(path):  # gs:// and other fsspec URLs
+        return remote.open_file(path)
     from tpuckpt_viz.tfcompat import tf
 
     return tf().io.gfile.GFile(path, "rb")
@@ -34,6 +40,13 @@ def open_binary(path: str):
 def is_file(path: str) -> bool:
     if is_local(path):
         return os.path.isfile(path)
+    from tpuckpt_viz.checkpoint import remote
+
+    if remote.handles(path):
+        try:
+            return remote.info(path)["type"] == "file"
+        except remote.RemoteError:
+            return False
     from tpuckpt_viz.tfcompat import tf
 
     try:

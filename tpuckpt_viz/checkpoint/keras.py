@@ -108,7 +108,7 @@ LAYER_WEIGHTS = {
     "lstm_cell": _rnn_cell,
     "gru_cell": _rnn_cell,
     "simple_rnn_cell": _rnn_cell,
-    "prelu": lambda cfg: [("alpha", True)],
+    "p_re_lu": lambda cfg: [("alpha", True)],  # Keras's own snake case of PReLU
     "normalization": lambda cfg: [("mean", False), ("variance", False), ("count", False)],
 }
 _CELL_OF = {"lstm": "lstm_cell", "gru": "gru_cell", "simple_rnn": "simple_rnn_cell"}
@@ -674,6 +674,13 @@ class KerasCheckpoint:
             if formats.is_local(self.prefix):
                 st = os.stat(self.prefix)
                 return (self.prefix, st.st_size, st.st_mtime_ns)
+            from tpuckpt_viz.checkpoint import remote
+
+            if remote.handles(self.prefix):
+                mtime = remote.mtime_ns(self.prefix)
+                if mtime:
+                    return (self.prefix, remote.info(self.prefix).get("size"), mtime)
+                raise OSError("no modification time")
             from tpuckpt_viz.tfcompat import tf
 
             st = tf().io.gfile.stat(self.prefix)

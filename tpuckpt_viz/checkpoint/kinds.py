@@ -1,6 +1,6 @@
 """Kind, layer and slot rules for TF1, TF2 and Keras 3 names, in one table-driven place.
 
-Kinds (DESIGN.md section 3): weight, bias, norm, stat, slot, optimizer, counter, metric, other.
+Kinds (docs/reference.md): weight, bias, norm, stat, slot, optimizer, counter, metric, other.
 The order of the rules matters and is the order of :func:`classify`: object-graph slot links,
 ``.OPTIMIZER_SLOT`` keys, optimizer scopes (``training/<Optimizer>/...``), TF1 slot suffixes,
 then name patterns. Each pattern has a row in ``tests/test_grouping.py``.
@@ -204,8 +204,8 @@ def readable_names(keys: list[str], full_names: dict[str, str]) -> dict[str, str
 
     A bare ``full_name`` says less than the object path: ``tf.train.Checkpoint(encoder=m,
     step=tf.Variable(0))`` shows ``encoder/w`` and ``step``, never ``w`` or ``Variable``
-    (DESIGN.md section 3). Repeated names (metric accumulators ``total``) fall back to their
-    object path so that names stay unique within a checkpoint.
+    (docs/reference.md, list records). Repeated names (metric accumulators ``total``) fall
+    back to their object path so that names stay unique within a checkpoint.
     """
     proposed = {key: full_names[key] if "/" in full_names.get(key, "") else object_path(key)
                 for key in keys}

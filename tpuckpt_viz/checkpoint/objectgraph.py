@@ -58,8 +58,9 @@ def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) 
         if not key.startswith("optimizer/"):
             by_name.setdefault(name, key)
     for list_name, list_id in children.items():
+        # TF 2.11-2.15 SGD keeps its slots in a public "momentums" list.
         if list_name in _NOT_SLOT_LISTS or list_name == "_index_dict" or \
-                not list_name.startswith("_"):
+                not (list_name.startswith("_") or list_name == "momentums"):
             continue
         items = graph.nodes[list_id].children
         if not items or not all(c.local_name.isdigit() for c in items):
@@ -81,9 +82,9 @@ def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) 
 
 def parse(serialized: bytes) -> ObjectGraphInfo:
     """Read a serialized ``TrackableObjectGraph`` into names and slot links."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    from tpuckpt_viz.checkpoint.protos import TrackableObjectGraph  # no TensorFlow import
 
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph = TrackableObjectGraph()
     graph.ParseFromString(serialized)
     info = ObjectGraphInfo()
     node_key: dict[int, str] = {}

@@ -142,6 +142,22 @@ def keras_file_number(path: str) -> int | None:
     return int(match.group(0)) if match else None
 
 
+def keras_run_number(path: str) -> int | None:
+    """The number in a Keras file's name when it is one save of a ``ModelCheckpoint`` run
+    (another file of the same name pattern beside it); None for a lone file, whose name's
+    number (``resnet50.h5``, ``keras2_full.h5``) says nothing about a step."""
+    number = keras_file_number(path)
+    if number is None:
+        return None
+    family = _family(path)
+    try:
+        siblings = [n for n in _listdir(_dirname(path)) if n != _basename(path)
+                    and n.lower().endswith(KERAS_SUFFIXES) and _family(n) == family]
+    except UserError:
+        return None
+    return number if siblings else None
+
+
 def _keras_order(path: str):
     number = keras_file_number(path)
     return (number is None, number if number is not None else 0, path)
@@ -229,16 +245,16 @@ def _read_state(directory: str):
     if not _exists(state_path) or _isdir(state_path):
         return None
     from google.protobuf import text_format
-    from tensorflow.core.protobuf import saver_pb2  # noqa: F401
-    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401  (proto dep)
-    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
+
+    from tpuckpt_viz.checkpoint import storage
+    from tpuckpt_viz.checkpoint.protos import CheckpointState  # no TensorFlow import
 
     try:
         if remote.handles(state_path):
             raw = remote.read_range(state_path, 0, 1 << 20)
-        else:
-            with _gfile().GFile(state_path, "rb") as f:
-                raw = f.read(1 << 20)
+        else:  # a regular file only: a named pipe here never blocks
+            with storage.open_input(state_path) as f:
+                raw = storage.read_range(f, 0, 1 << 20)
         text = raw.decode("utf-8")
         return text_format.Parse(text, CheckpointState())
     except Exception:  # a garbage or binary state file: fall back to the *.index files
@@ -258,8 +274,18 @@ def _locate(directory: str, recorded: str) -> str | None:
     else:
         candidates.append(_join(directory, recorded))
     candidates.append(_join(directory, _basename(recorded)))
+    if "://" in recorded and "://" not in directory:
+        # A run copied down from a bucket: the local copy first, so that listing a local
+        # folder never waits on (or fails for) a bucket it no longer needs.
+        candidates.reverse()
     for candidate in candidates:
-        if _exists(candidate + ".index") and not in_progress(candidate):
+        try:
+            found = _exists(candidate + ".index")
+        except UserError:
+            if "://" not in directory and "://" in candidate:
+                continue  # a stale remote path recorded in a local folder's state file
+            raise
+        if found and not in_progress(candidate):
             return candidate
     return None
 

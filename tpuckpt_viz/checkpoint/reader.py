@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from tpuckpt_viz import config, sandbox
-from tpuckpt_viz.checkpoint import bundle, shards, storage
+from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
 from tpuckpt_viz.checkpoint.shards import ReadPlan
@@ -102,9 +102,10 @@ class Checkpoint:
             # TensorFlow's reader stays the reference for reading whole tensors.
             try:
                 self.index = bundle.read_index(resolved.prefix)
-            except UserError:
+            except bundle.Unsupported:
                 # Our reader refuses what it does not know (a compressed table, say): if
-                # TensorFlow opens the bundle, list and read through it instead.
+                # TensorFlow opens the bundle, list and read through it instead. A damaged
+                # or hostile index (any other UserError) never reaches TensorFlow.
                 try:
                     self.tf_reader()
                 except UserError:
@@ -122,21 +123,25 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed = {}
+        renamed, shapes = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
+            if key in self.index.shapes:
+                shapes[shown] = self.index.shapes[key]
         entries.clear()
         entries.update(renamed)
+        self.index.shapes.clear()
+        self.index.shapes.update(shapes)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
         if self.index is not None:
-            items = ((key, tuple(d.size for d in proto.shape.dim),
-                      bundle.dtype_name(proto.dtype), proto.size)
+            shapes = self.index.shapes  # read from the protos once, by the validation
+            items = ((key, shapes[key], bundle.dtype_name(proto.dtype), proto.size)
                      for key, proto in self.index.entries.items())
         else:
             reader = self.tf_reader()
@@ -189,6 +194,8 @@ class Checkpoint:
                 return (index_file, st.st_size, st.st_mtime_ns)
             except OSError:
                 pass
+        elif remote.handles(index_file):  # gs://: from the folder's (cached) listing
+            return (index_file, storage.size(index_file), remote.mtime_ns(index_file))
         else:
             gfile = tf().io.gfile
             try:
@@ -212,6 +219,8 @@ class Checkpoint:
     def _check(self, key: str) -> Entry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.prefix}: run `list` to see the keys")
+        if self.index is not None and key in self.index.entries:
+            bundle.check_readable(self.index, key)  # never handed to any reader
         missing = self._missing_shard(key)
         if missing:
             raise UserError(f"cannot read {key}: missing data file {missing}: copy every "
@@ -223,6 +232,11 @@ class Checkpoint:
         self._check(key)
         if self.streamable(key):  # plain numbers: our own reader; TensorFlow's for the rest
             return bundle.read_tensor(self.index, key)
+        if self.index is not None and key in self.index.entries:
+            strings = bundle.read_strings(self.index, key)
+            if strings is not None:  # as TensorFlow returns them: bytes, or an object array
+                shape = self.entries[key].shape
+                return strings[0] if not shape else np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
@@ -248,7 +262,10 @@ class Checkpoint:
         """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
         entry = self._check(key)
         plan = self.plan(key)
-        if plan.streamable and entry.nbytes > self.settings.slice_bytes:
+        # gs:// and other fsspec URLs: every streamable tensor in one ranged request of its
+        # own bytes; TensorFlow's reader would fetch through its own client (64 MB blocks).
+        if plan.streamable and (entry.nbytes > self.settings.slice_bytes
+                                or remote.handles(self.prefix)):
             out = np.empty(plan.numel, plan.dtype)  # one array: chunks are copied in
             pos = 0
             for chunk in shards.iter_chunks(plan, self.settings.chunk_bytes):
@@ -270,7 +287,7 @@ class Checkpoint:
         chunk_bytes = chunk_bytes or self.settings.chunk_bytes
         threshold = self.settings.slice_bytes if threshold_bytes is None else threshold_bytes
         plan = self.plan(key)
-        if plan.streamable and entry.nbytes > threshold:
+        if plan.streamable and (entry.nbytes > threshold or remote.handles(self.prefix)):
             yield from shards.iter_chunks(plan, chunk_bytes)
             return
         yield from whole_chunks(np.asarray(self.read_raw(key)), chunk_bytes)

@@ -1,6 +1,6 @@
 """The variable table: one record per checkpoint entry, with readable name, kind and slot link.
 
-Records follow the ``list`` contract of DESIGN.md section 3 (``key``, ``name``, ``shape``,
+Records follow the ``list`` contract of docs/reference.md (``key``, ``name``, ``shape``,
 ``dtype``, ``numel``, ``nbytes``, ``kind``, ``layer``, ``slot_of``, ``slot``). The CLI prints
 them; pages turn them into DataFrames.
 """

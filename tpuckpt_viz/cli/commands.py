@@ -70,17 +70,26 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _checked(row):
-    def parse(text: str) -> str:
+    def parse(text: str):
         from tpuckpt_viz.errors import UserError
 
         try:
-            row.parse(text, source=repr(text))
+            return row.parse(text, source=repr(text))
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
 
     parse.__name__ = row.name
     return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
 
 
 def _cluster(args):
@@ -94,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tpuckpt-viz",
         description="Look inside TensorFlow checkpoints: browse, compare, infer.",
         epilog="Reference: docs/reference.md. Settings: environment variables TPUCKPT_*.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (COMMAND --help for its options)")
 
     p = sub.add_parser("list", help="one record per checkpoint entry",
                        description="One record per entry of the checkpoint: raw key, readable "
@@ -150,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "not given are generated from the signature")
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "tpu"), default="auto",
                    help="where to run: auto tries TPU, then GPU, then CPU (default: auto)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="batch size of generated inputs (default: 4)")
+    p.add_argument("--batch", type=_positive, default=4, metavar="N",
+                   help="batch size of generated inputs, at least 1 (default: 4)")
     p.add_argument("--fill", choices=("random", "zeros", "ones"), default="random",
                    help="values of generated inputs (default: random normal)")
     _add_settings(p, "infer")

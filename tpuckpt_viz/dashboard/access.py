@@ -88,15 +88,21 @@ def opened_files(path: str) -> list[str]:
     """The local files (and folders) that opening ``path`` may read, for the roots check.
 
     ``path`` (resolved) is a folder, a checkpoint prefix, an ``.index`` / ``.data-*`` file or
-    a V1 file. A folder: its state file ``checkpoint``; for a SavedModel, its
+    a V1 file. A folder: its state file ``checkpoint``, its ``.index`` and ``.data-*`` files;
+    for a SavedModel, its
     ``saved_model.pb`` (and the other files beside it) and everything under ``variables/``,
     ``assets/`` and ``assets.extra/``. A prefix: its ``.index``, every ``.data-*`` shard, the
     V1 file of that name, the state file beside it, and for ``variables/variables`` the
     SavedModel around it. Names are listed without following links; the caller resolves each.
     """
     if os.path.isdir(path):
-        files = [os.path.join(path, n) for n in ("checkpoint",) + _MODEL_FILES]
-        files = [f for f in files if os.path.lexists(f)]
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return []
+        # the state file, the bundles that resolving the folder may open, a SavedModel's files
+        files = [os.path.join(path, n) for n in names
+                 if n in ("checkpoint",) + _MODEL_FILES or _DATA_OR_INDEX.match(n)]
         for sub in _MODEL_DIRS:
             folder = os.path.join(path, sub)
             if os.path.lexists(folder):

@@ -83,6 +83,27 @@ def npz_bytes(arrays: dict) -> bytes:
     return buffer.getvalue()
 
 
+def saved_model_exports(folder: str, depth: int = 4, limit: int = 5) -> list[str]:
+    """SavedModel folders (with ``saved_model.pb``) at most ``depth`` levels under a run
+    folder, such as an Estimator's ``export/<name>/<version>``; newest version first."""
+    import os
+
+    found = []
+    if "://" in folder or not os.path.isdir(folder):
+        return found
+    base = folder.rstrip(os.sep).count(os.sep)
+    for root, dirs, files in os.walk(folder):
+        if root.count(os.sep) - base >= depth:
+            dirs[:] = []
+        if "saved_model.pb" in files:
+            found.append(root)
+            dirs[:] = []
+        if len(found) >= 50:
+            break
+    return sorted(found, key=lambda p: (os.path.dirname(p), os.path.basename(p)),
+                  reverse=True)[:limit]
+
+
 def signatures_table(meta_graphs: list[MetaGraphInfo]) -> pd.DataFrame:
     """One row per (tag set, signature), like ``saved_model_cli show --all`` in brief."""
     rows = [{"tag set": fmt_tags(mg.tags), "signature": sig.name, "method": sig.method_name,

@@ -162,8 +162,8 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
                          ) -> tuple[int | None, str | None]:
     """The training step a checkpoint was saved at, and where it came from.
 
-    In order (DESIGN.md section 3): a step variable (``global_step``, or the object path
-    ``step``), else the optimizer's iterations, else the number in the file name, else
+    In order (docs/reference.md, steps records): a step variable (``global_step``, or the object
+    path ``step``), else the optimizer's iterations, else the number in the file name, else
     ``save_counter``. The file number comes before ``save_counter`` because
     ``CheckpointManager.save(checkpoint_number=step)`` names files by step while
     ``save_counter`` only counts saves. For Keras files (``ModelCheckpoint``) the number in
@@ -171,16 +171,16 @@ def checkpoint_step_info(ckpt: Checkpoint, records: list[dict] | None = None
     """
     if getattr(ckpt, "format", None) == "keras":
         # Keras ModelCheckpoint files: the epoch (or batch) in the file name, then the
-        # optimizer's iterations that the file holds (DESIGN.md section 3).
-        from tpuckpt_viz.checkpoint.paths import keras_file_number
+        # optimizer's iterations that the file holds (docs/reference.md, steps records).
+        from tpuckpt_viz.checkpoint.paths import keras_run_number
 
-        number = keras_file_number(ckpt.prefix)
+        number = keras_run_number(ckpt.prefix)  # None for a lone file ("resnet50.h5")
         if number is not None:
-            return number
+            return number, "file name"
         if ckpt.iterations_key:
             value = _scalar(ckpt, ckpt.iterations_key)
             if value is not None:
-                return value
+                return value, "optimizer iterations"
     records = records if records is not None else list_records(ckpt)
     scalars = [r for r in records if r["shape"] == [] and r["dtype"].startswith(("int", "uint"))]
 

@@ -136,7 +136,23 @@ def result_to_json(result: InferenceResult) -> dict:
         "outputs": outputs,
         "latency_ms": jsonable(float(result.latency_ms)),
         "restore": restore,
+        # Added (issue 10): everything the Infer page shows.
+        "device_skipped": list(result.device_reasons),  # why the other devices were skipped
+        "source": result.source,
+        "path": result.path,
+        "tag_set": list(result.tags) if result.tags is not None else None,
+        "signature": result.signature,
+        "inputs": {name: {"shape": list(np.shape(arr)), "dtype": _dtype_name(arr)}
+                   for name, arr in result.inputs.items()},
+        "output_specs": {name: {"shape": list(np.shape(arr)), "dtype": _dtype_name(arr)}
+                         for name, arr in result.outputs.items()},
+        "runs": result.runs,
     }
+
+
+def _dtype_name(arr) -> str:
+    dtype = np.asarray(arr).dtype
+    return "string" if dtype.kind in "OSU" else str(dtype)
 
 
 def compare_outputs(a, b) -> dict[str, dict]:

@@ -321,8 +321,7 @@ def make_inputs(signature_inputs, mode: str | Mapping[str, str] = "random", batc
     for name, dtype, shape in items:  # sized (and dtypes checked) before anything is made
         dims = () if shape is None else tuple(batch if d is None or d < 0 else d for d in shape)
         dtype = str(dtype).replace("_ref", "")
-        itemsize = _STRING_BYTES if dtype == "string" else \
-            max(np.dtype(_np_dtype(dtype, name)).itemsize, 8)  # made as float64/int64 first
+        itemsize = _STRING_BYTES if dtype == "string" else np.dtype(_np_dtype(dtype, name)).itemsize
         check_size(name, dims, itemsize, "the generated input",
                    f"pass --input {name}=VALUE (or a smaller --batch)")
         planned.append((name, dtype, dims))

@@ -179,7 +179,7 @@ def _bound_args(mg, fname: str, fdef) -> dict[str, str]:
     return result
 
 
-def _walk(mg, signature: str, include_init: bool = True) -> list[Reached]:
+def walk_nodes(mg, signature: str, include_init: bool = True) -> list[Reached]:
     """Every node that loading the SavedModel and running ``signature`` may execute.
 
     Seeds: the signature as the TF2 loader resolves it (the object graph's signature map) and
@@ -302,9 +302,9 @@ def _reads_own_asset(mg, r: Reached, model_dir: str | None) -> bool:
 
 
 def unsafe_nodes(mg, signature: str, model_dir: str | None = None) -> list[Reached]:
-    """The reached nodes (see :func:`_walk`) that touch files or call Python."""
+    """The reached nodes (see :func:`walk_nodes`) that touch files or call Python."""
     bad = []
-    for r in _walk(mg, signature):
+    for r in walk_nodes(mg, signature):
         op = r.node.op
         if op in _RESTORE_OPS and r.origin == RESTORE_ORIGIN:
             continue  # reads the SavedModel's variables/, whose path the loader feeds
@@ -347,7 +347,7 @@ def check_safe(path: str, tags=None, signature: str | None = None,
 def mutates_state(mg, signature: str) -> bool:
     """Whether running ``signature`` of MetaGraphDef ``mg`` assigns variables or tables."""
     return any(r.node.op.startswith(_MUTATING_PREFIXES)
-               for r in _walk(mg, signature, include_init=False))
+               for r in walk_nodes(mg, signature, include_init=False))
 
 
 def _const_strings(ref: str, nodes: Mapping[str, Any]) -> list[str]:
@@ -373,7 +373,7 @@ def example_features(path: str, tags=None, signature: str | None = None) -> dict
     def types(node, attr):
         return [dtype_name(t) for t in node.attr[attr].list.type]
 
-    for r in _walk(mg, sig.name, include_init=False):
+    for r in walk_nodes(mg, sig.name, include_init=False):
         node, fdef = r.node, r.fdef
         scope = top if fdef is None else {n.name: n for n in fdef.node_def}
         inputs = [i for i in node.input if not i.startswith("^")]

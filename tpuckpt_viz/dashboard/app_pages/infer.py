@@ -6,33 +6,53 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from tpuckpt_viz import config
 from tpuckpt_viz.dashboard import charts, inferdata
 from tpuckpt_viz.dashboard.access import check_path
-from tpuckpt_viz.dashboard.app_pages.common import default_path, path_input, run_members, show_error
+from tpuckpt_viz.checkpoint.paths import resolve_checkpoint
+from tpuckpt_viz.dashboard.app_pages.common import (
+    pick_path,
+    pick_step,
+    run_steps_of,
+    set_current,
+    show_error,
+    step_label,
+    sync_url,
+)
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.inference import api as inf
 
+SMALL_OUTPUT = 200  # outputs with at most this many values also show as a table
 FILL_LABELS = {"random normal": "random", "zeros": "zeros", "ones": "ones"}
 JSON, UPLOAD, FORM, GENERATED_EXAMPLES = ("JSON", "upload .npy/.npz/.csv", "tf.Example form",
                                           "generated tf.Examples")
 
 st.title("Quick test inference")
-path = path_input("SavedModel folder, checkpoint or training run", "ckpt", "infer_path",
-                  default_path())
+path = pick_path("SavedModel folder, checkpoint or training run", "infer_path")
+sync_url(ckpt=path)
+
+
+def _allowed(path: str) -> bool:
+    try:
+        check_path(path)
+        return True
+    except UserError:
+        return False
 
 
 def _source():
-    """(kind, path to run, members of the run or []) for the typed path, checked for roots."""
-    source = inf.resolve_source(check_path(path))
+    """(kind, path to run, run or []) for the typed path, resolved exactly as Browse does and
+    checked against the allowed roots."""
+    checked = check_path(path)
+    source = inf.resolve_source(checked)
     if source.kind == "saved_model":
         return source.kind, check_path(source.path), []
-    members = run_members(source.path)
-    prefix = inf.resolve_prefix(check_path(source.path))
-    return source.kind, check_path(prefix), members
+    prefix = resolve_checkpoint(checked if source.path == path else check_path(source.path)).prefix
+    return source.kind, check_path(prefix), run_steps_of(path)
 
 
 inf.warm_up()  # TensorFlow's worker process starts now, so that Run does not wait for it
@@ -88,16 +108,25 @@ else:
     st.caption(f"Checkpoint restored into the model builder `{builder}` (chosen by whoever "
                "started the server: `serve --model` or TPUCKPT_MODEL).")
     if len(members) > 1:
-        steps = [os.path.basename(m) for m in members]
-        current = os.path.basename(target)
-        step = st.selectbox("Step of this run", steps, key="infer_step",
-                            index=steps.index(current) if current in steps else len(steps) - 1)
-        target = members[steps.index(step)]
+        target = check_path(pick_step(path, "infer_step"))
     try:
         specs = inf.model_specs(target, None, device)
     except Exception as exc:
+        # Stop here: a Run button could only fail the same way again.
         show_error(exc)
-        specs = []
+        exports = inferdata.saved_model_exports(os.path.dirname(target))
+        allowed = [e for e in exports if _allowed(e)]
+        if allowed:
+            st.info("This run folder also holds a SavedModel export, which runs without a "
+                    "model builder: open it instead.")
+            for i, export in enumerate(allowed[:5]):
+                st.button(f"Open the SavedModel {export}", key=f"infer_export_{i}",
+                          on_click=set_current, args=(export,))
+        else:
+            st.info("To run this checkpoint, start the server with the builder that made it: "
+                    "`serve --model package.module:function` (or TPUCKPT_MODEL), or open a "
+                    "SavedModel export of the model.")
+        st.stop()
     specs = specs or [inf.TensorInfo("input", "", "float32", None)]
 scope = signature or "model"
 
@@ -202,33 +231,70 @@ if saved is not None and saved[0] == state_key:
                     st.dataframe(pd.DataFrame({"name": names}), hide_index=True,
                                  width="stretch", key=f"infer_restore_{label}")
     st.subheader("Outputs")
+    st.dataframe(inferdata.summary_table(result.outputs), hide_index=True, width="stretch",
+                 key="infer_summary", column_config={
+                     c: st.column_config.NumberColumn(format="%.4g")
+                     for c in ("min", "max", "mean", "std")})
     for name, value in result.outputs.items():
+        value = np.asarray(value)
         st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
-        left, right = st.columns([2, 3])
-        left.dataframe(inferdata.output_table(value), width="stretch", key=f"infer_out_{name}")
-        figure = charts.output_chart(name, value)
+        if value.size <= SMALL_OUTPUT:  # small: every value, as a table
+            left, right = st.columns([2, 3])
+            left.dataframe(inferdata.output_table(value), width="stretch",
+                           key=f"infer_out_{name}")
+        else:
+            left, right = st.columns([1, 4])
+            left.caption(f"{value.size:,} values: statistics above, every value in the "
+                         "downloads below.")
+        n = inferdata.examples_of(value)
+        example = value
+        if value.ndim >= 2 and value.size == n:  # one number per example: chart the batch
+            value = example = value.reshape(-1)
+        elif value.ndim >= 2:
+            i = int(left.number_input("Example", 0, max(n - 1, 0), 0, key=f"infer_ex_{name}",
+                                      help="Which example of the batch the chart shows")) \
+                if n > 1 else 0
+            example = value[i] if value.ndim >= 2 else value
+        figure = charts.example_chart(name if example is value else f"{name}, example {i}",
+                                      example)
+        if figure is not None and example is value and value.ndim == 1:
+            figure.update_xaxes(title="example")
         if figure is not None:
             right.plotly_chart(figure, width="stretch", key=f"infer_chart_{name}")
     with st.expander("Inputs that ran"):
+        st.dataframe(inferdata.summary_table(result.inputs), hide_index=True, width="stretch",
+                     key="infer_inputs_summary")
         for name, value in result.inputs.items():
-            st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
-            st.dataframe(inferdata.output_table(value), width="stretch", key=f"infer_in_{name}")
-    st.download_button("Download JSON", json.dumps(inf.result_to_json(result), indent=1),
+            if np.asarray(value).size <= SMALL_OUTPUT:
+                st.markdown(f"**{name}** — {value.dtype} {list(value.shape)}")
+                st.dataframe(inferdata.output_table(value), width="stretch",
+                             key=f"infer_in_{name}")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Download JSON", json.dumps(inf.result_to_json(result), indent=1),
                        file_name="inference.json", mime="application/json",
                        key="infer_json_download")
+    d2.download_button("Download outputs (.npz)", inferdata.npz_bytes(result.outputs),
+                       file_name="outputs.npz", mime="application/octet-stream",
+                       key="infer_npz_download")
+    d3.download_button("Download inputs (.npz)", inferdata.npz_bytes(result.inputs),
+                       file_name="inputs.npz", mime="application/octet-stream",
+                       key="infer_inputs_download")
 
 if kind == "checkpoint" and len(members) > 1:
     st.subheader("Compare with another step")
-    others = [m for m in members if m != target]
-    names = [os.path.basename(m) for m in others]
-    other = st.selectbox("Second checkpoint", names, key="infer_other",
-                         index=0 if target == members[-1] else len(names) - 1)
+    labels = {d["checkpoint"]: step_label(d) for d in members}
+    others = [d["checkpoint"] for d in members if d["checkpoint"] != target]
+    current_index = [d["checkpoint"] for d in members].index(target) \
+        if target in labels else len(members) - 1
+    other = st.selectbox("Second checkpoint", others, key="infer_other",
+                         format_func=labels.get,
+                         index=max(0, current_index - 1) if current_index > 0 else 0)
     pair_key = (state_key, other)
     if st.button("Run both on the same inputs", key="infer_compare"):
         try:
             with st.spinner("Running both checkpoints..."):
-                a, b, diffs = inf.run_pair(target, others[names.index(other)], inputs=_inputs(),
-                                           device=device, batch=batch, fill=fill, files=False)
+                a, b, diffs = inf.run_pair(target, other, inputs=_inputs(), device=device,
+                                           batch=batch, fill=fill, files=False)
             st.session_state["infer_pair"] = (pair_key, diffs)
         except Exception as exc:
             st.session_state.pop("infer_pair", None)
@@ -237,4 +303,5 @@ if kind == "checkpoint" and len(members) > 1:
     if pair is not None and pair[0] == pair_key:
         st.dataframe(pd.DataFrame([{"output": k, **v} for k, v in pair[1].items()]),
                      hide_index=True, width="stretch", key="infer_diff")
-        st.caption(f"Absolute difference {other} − {os.path.basename(target)} per output.")
+        st.caption(f"Absolute difference {labels.get(other, other)} − "
+                   f"{labels.get(target, target)} per output.")
