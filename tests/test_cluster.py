@@ -313,6 +313,18 @@ def test_cli_refuses_both_and_unreachable(shared, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
     assert err.count("\n") == 1
+    # A scheduler without workers: one line, not a wait for ever.
+    import distributed
+
+    empty = distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
+                                     dashboard_address=None,
+                                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    try:
+        assert main(["stats", path, "--scheduler", empty.scheduler_address]) == 1
+    finally:
+        empty.close()
+    err = capsys.readouterr().err
+    assert "has no workers" in err and err.count("\n") == 1
 
 
 def test_cli_scheduler_setting(shared, cluster, capsys, monkeypatch):

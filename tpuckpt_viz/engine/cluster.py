@@ -587,6 +587,13 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
             raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(exc)}; "
                             "start one (`dask scheduler`, then `dask worker ADDRESS` on each "
                             "machine) or use --workers N") from None
+        try:  # tasks would wait for ever on a scheduler without workers
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError):
+            client.close()
+            raise UserError(f"the Dask scheduler at {scheduler} has no workers: start some "
+                            f"(`dask worker {scheduler}` on each machine) or use --workers N") \
+                from None
         return Cluster(client, task_bytes=task_bytes)
     local = distributed.LocalCluster(
         n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
