@@ -284,6 +284,8 @@ def test_cli_workers_leave_no_process(shared, tmp_path, capsys):
     marker = f"TPUCKPT_TEST_MARKER=dask{os.getpid()}x{time.monotonic_ns()}"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env[marker.split("=")[0]] = marker.split("=")[1]
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "tpuckpt_viz", "steps", run, "--workers", "2",
                              "--format", "json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -300,6 +302,7 @@ def test_cli_workers_leave_no_process(shared, tmp_path, capsys):
     while _marked(marker) and time.monotonic() < end:
         time.sleep(0.05)
     assert _marked(marker) == [], "a worker outlived the command"
+    assert list((tmp_path / "tmp").iterdir()) == []  # nor its scratch folder
 
 
 def test_cli_refuses_both_and_unreachable(shared, capsys, monkeypatch):

@@ -311,10 +311,12 @@ class Cluster:
     ``task_bytes`` sets the size of a task (the numbers do not depend on it).
     """
 
-    def __init__(self, client, local=None, task_bytes: int = TASK_BYTES):
+    def __init__(self, client, local=None, task_bytes: int = TASK_BYTES,
+                 scratch: str | None = None):
         self.client = client
         self.local = local
         self.task_bytes = task_bytes
+        self.scratch = scratch  # the local workers' scratch folder, removed on close
 
     @property
     def address(self) -> str:
@@ -325,8 +327,14 @@ class Cluster:
         try:
             self.client.close()
         finally:
-            if self.local is not None:
-                self.local.close()
+            try:
+                if self.local is not None:
+                    self.local.close()
+            finally:
+                if self.scratch:
+                    import shutil
+
+                    shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> "Cluster":
         return self
@@ -574,6 +582,7 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: give a number of worker processes, 1 or more")
     try:
+        import dask
         import distributed
     except ImportError:
         raise UserError("Dask is not installed: pip install 'dask[distributed]' (see "
@@ -595,18 +604,31 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
                             f"(`dask worker {scheduler}` on each machine) or use --workers N") \
                 from None
         return Cluster(client, task_bytes=task_bytes)
-    local = distributed.LocalCluster(
-        n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.CRITICAL,
-        # No dashboard; the scheduler's small HTTP server (health, metrics) on a free port of
-        # the loopback, not 8787 (where a user's own cluster may be).
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    import shutil
+    import tempfile
+
+    # Dask's workers keep a scratch folder (spilled data, locks): ours, removed on close,
+    # rather than a dask-scratch-space left behind in the temporary folder.
+    scratch = tempfile.mkdtemp(prefix="tpuckpt-dask-")
+    try:
+        with dask.config.set({"temporary-directory": scratch}):  # the scheduler's, too
+            local = distributed.LocalCluster(
+                n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+                local_directory=scratch,
+                dashboard_address=None, silence_logs=logging.CRITICAL,
+                # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
+                # port of the loopback, not 8787 (where a user's own cluster may be).
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         client = distributed.Client(local, set_as_default=False)
     except BaseException:
         local.close()
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return Cluster(client, local, task_bytes)
+    return Cluster(client, local, task_bytes, scratch)
 
 
 @contextlib.contextmanager
