@@ -404,9 +404,9 @@ def resolve_checkpoint(path: str) -> Resolved:
     Raises :class:`UserError` with a one-line message when PATH holds no readable checkpoint.
     """
     resolved = _resolve(path)
-    if resolved.format != "keras":
-        # Bundles go on to TensorFlow's protos (index, object graph): import TensorFlow quietly
-        # first, as the gfile calls used to; Keras files need no TensorFlow at all.
+    if resolved.format == "v1":
+        # V1 files go on to TensorFlow: import it quietly first. Bundles (read with the
+        # project's own protos, checkpoint/protos.py) and Keras files need no TensorFlow.
         tf()
     return resolved
 
