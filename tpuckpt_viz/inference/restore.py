@@ -148,6 +148,7 @@ def restore_report(prefix: str, model) -> tuple[dict, str | None]:
     at the root (Keras 2 ``save_weights``); the candidate that matches most variables wins.
     Attach name "" means the root itself; None: nothing matched.
     """
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     try:
