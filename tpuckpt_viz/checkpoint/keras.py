@@ -697,19 +697,12 @@ class KerasCheckpoint:
                 h.update(block)
         return (self.prefix, h.hexdigest())
 
-    @cached_property
-    def settings(self):
-        """Chunk and slice sizes (:class:`tpuckpt_viz.checkpoint.reader.ReadSettings`)."""
-        from tpuckpt_viz.checkpoint.reader import ReadSettings
-
-        return ReadSettings.from_config()
-
-    def plan(self, key: str):
+    def plan(self, key: str) -> ReadPlan:
         """How to read ``key`` (:class:`tpuckpt_viz.checkpoint.shards.ReadPlan`): the byte range
         of a contiguous, unfiltered dataset of a plain HDF5 file (the engine then streams it
         like a bundle's shard; HDF5 keeps no checksum), else a plan without ranges: read it
         through h5py (:meth:`chunks`). Datasets inside a ``.keras`` zip are read through h5py."""
-        from tpuckpt_viz.checkpoint.shards import Range, ReadPlan
+        from tpuckpt_viz.checkpoint.shards import Range
 
         entry = self._check(key)
         if self._zip is not None or entry.numel == 0 or entry.dtype == "string":
@@ -735,10 +728,6 @@ class KerasCheckpoint:
 
     def streamable(self, key: str) -> bool:
         return self.plan(key).streamable
-
-    def plan(self, key: str) -> ReadPlan:
-        """No byte ranges: the engine reads every dataset through :meth:`chunks`."""
-        return ReadPlan(key, self._check(key).shape)
 
     def _check(self, key: str) -> KerasEntry:
         if key not in self.entries:
