@@ -207,9 +207,12 @@ def _run_axis(steps: pd.DataFrame) -> list[str]:
     return [str(v) for v in (order["label"] if "label" in order else order["step"])]
 
 
-def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12) -> go.Figure:
+def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12,
+                mark: str | None = None) -> go.Figure:
     """One line per layer over the run's steps (``value``: l2 or update_ratio): the ``top``
-    layers with the largest values, distinct colours, the legend under the plot."""
+    layers with the largest values, distinct colours, the legend under the plot. ``mark``:
+    the step label of the first NaN/Inf, drawn as a red dashed line (NaN values have no
+    point of their own)."""
     axis = _run_axis(steps)
     df = steps.dropna(subset=[value]).copy()
     df["layer"] = df["layer"].fillna(df["name"])
@@ -226,6 +229,11 @@ def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12) -> g
                   category_orders={"x": axis, "short": [labels[n] for n in kept]},
                   labels={"x": "step", "short": "layer"})
     fig.update_xaxes(type="category")
+    if mark is not None and mark in axis:
+        fig.add_shape(type="line", x0=mark, x1=mark, xref="x", y0=0, y1=1, yref="paper",
+                      line=dict(color="red", dash="dash"))
+        fig.add_annotation(x=mark, y=1, xref="x", yref="paper", text="first NaN/Inf",
+                           showarrow=False, font=dict(color="red"), yanchor="bottom")
     fig.update_layout(height=420 + 20 * ((len(kept) + 2) // 3), margin=dict(t=40, l=5, r=5, b=5),
                       legend=BELOW)
     return fig

@@ -266,11 +266,12 @@ with whole:
                                 f"({steps['name'].nunique()} variables); norms and update "
                                 "ratios in the Whole run tab.")
         c1, c2 = st.columns(2)
-        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer"), width="stretch",
-                        key="l2_lines")
+        mark = bad["label"] if bad else None
+        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer (finite values)",
+                                           mark=mark), width="stretch", key="l2_lines")
         if steps["update_ratio"].notna().any():
-            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer"),
-                            width="stretch", key="ratio_lines")
+            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer",
+                                               mark=mark), width="stretch", key="ratio_lines")
             st.plotly_chart(charts.update_heatmap(steps), width="stretch", key="ratio_heat")
         columns = ["label", "step", "name", "kind", "layer", "l2", "delta_l2", "update_ratio",
                    "nan", "inf"]
