@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, metavar="MB"),
     Setting("slice_mb", "64", "TPUCKPT_SLICE_MB", "--slice-mb",
             "Tensors larger than this many MB are streamed from their data shard in chunks "
-            "instead of read whole.", kind="int", minimum=1, metavar="MB"),
+            "instead of read whole (0: every tensor).", kind="int", minimum=0, metavar="MB"),
     Setting("chunk_mb", "8", "TPUCKPT_CHUNK_MB", "--chunk-mb",
             "Size of one streamed chunk in MB.", kind="int", minimum=1, metavar="MB"),
     Setting("cache_entries", "256", "TPUCKPT_CACHE_ENTRIES", "--cache-entries",

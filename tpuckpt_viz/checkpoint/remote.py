@@ -99,6 +99,22 @@ def _gcs_class():
     return BoundedGCSFileSystem, {"requests_timeout": timeout}
 
 
+def _gcs_filesystem():
+    """gcsfs with Application Default Credentials, else anonymous (public buckets).
+
+    gcsfs's own search (token=None) also tries the GCE metadata server directly after
+    google-auth has already found no VM there: 5 attempts with backoff, ~17 s off Google
+    Cloud before even the first request. google-auth's check covers the VM case.
+    """
+    from google.auth.exceptions import DefaultCredentialsError
+
+    cls, options = _gcs_class()
+    try:
+        return cls(token="google_default", listings_expiry_time=LISTING_TTL_S, **options)
+    except (DefaultCredentialsError, ValueError):
+        return cls(token="anon", listings_expiry_time=LISTING_TTL_S, **options)
+
+
 def filesystem(path: str):
     """The fsspec filesystem for ``path``'s scheme (one instance per scheme and process)."""
     proto = scheme(path)
@@ -108,8 +124,7 @@ def filesystem(path: str):
         if fs is None:
             try:
                 if proto == "gs":
-                    cls, options = _gcs_class()
-                    fs = cls(listings_expiry_time=LISTING_TTL_S, **options)
+                    fs = _gcs_filesystem()
                 else:
                     import fsspec
 
@@ -249,6 +264,99 @@ def read_range(path: str, offset: int, length: int) -> bytes:
     if length <= 0:
         return b""
     return _call(path, fs.cat_file, path, start=offset, end=offset + length)
+
+
+class SpillCache:
+    """Bytes already fetched from remote files, kept in temporary files on local disk.
+
+    ``steps`` reads every checkpoint twice (as the newer side of one step, then as the older
+    side of the next), and the pages read a tensor again on each rerun: without this, a run
+    costs twice its size in downloads. Keyed by (path, size, modification time), so a file
+    rewritten in the bucket is fetched again. Ranges of one file merge as they arrive; a read
+    is answered from disk when one cached range covers it. Bounded: the least recently used
+    files are dropped past :attr:`budget` bytes (a quarter of the free temporary space, at
+    most 16 GiB); the temporary files are deleted when dropped or when the process ends.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._files: dict = {}  # key -> [tempfile, intervals [(start, end)], bytes]
+        self.budget: int | None = None
+        self.used = 0
+
+    def clear(self) -> None:
+        with self._lock:
+            for item in self._files.values():
+                item[0].close()
+            self._files.clear()
+            self.used = 0
+
+    def _budget(self) -> int:
+        if self.budget is None:
+            import shutil
+            import tempfile
+
+            free = shutil.disk_usage(tempfile.gettempdir()).free
+            self.budget = min(16 << 30, free // 4)
+        return self.budget
+
+    def get(self, key, offset: int, length: int) -> bytes | None:
+        import bisect
+
+        with self._lock:
+            item = self._files.get(key)
+            if item is None:
+                return None
+            self._files[key] = self._files.pop(key)  # most recently used last
+            intervals = item[1]
+            i = bisect.bisect_right(intervals, (offset, float("inf"))) - 1
+            if i < 0 or intervals[i][1] < offset + length:
+                return None
+            return os.pread(item[0].fileno(), length, offset)
+
+    def put(self, key, offset: int, data: bytes) -> None:
+        import tempfile
+
+        if not data or len(data) > self._budget():
+            return
+        with self._lock:
+            item = self._files.get(key)
+            if item is None:
+                item = self._files[key] = [tempfile.TemporaryFile(prefix="tpuckpt-"), [], 0]
+            os.pwrite(item[0].fileno(), data, offset)
+            start, end = offset, offset + len(data)
+            kept = []
+            for a, b in item[1]:  # merge with every range it touches
+                if b < start or a > end:
+                    kept.append((a, b))
+                else:
+                    start, end = min(a, start), max(b, end)
+            kept.append((start, end))
+            kept.sort()
+            size = sum(b - a for a, b in kept)
+            self.used += size - item[2]
+            item[1], item[2] = kept, size
+            while self.used > self._budget() and len(self._files) > 1:
+                old = next(iter(self._files))
+                if old == key:
+                    break
+                dropped = self._files.pop(old)
+                dropped[0].close()
+                self.used -= dropped[2]
+
+
+spill = SpillCache()
+
+
+def read_cached(path: str, version, offset: int, length: int) -> bytes:
+    """:func:`read_range`, answered from :data:`spill` where it can be; ``version`` is what
+    tells one content of ``path`` from another (its size and modification time)."""
+    key = (path, version)
+    data = spill.get(key, offset, length)
+    if data is None:
+        data = read_range(path, offset, length)
+        spill.put(key, offset, data)
+    return data
 
 
 def read_ranges(path: str, ranges: list[tuple[int, int]]) -> list[bytes]:

@@ -175,7 +175,8 @@ def read_into(f: Input, offset: int, buf) -> int:
                 got += r
             return got
         if isinstance(f._remote, _Fsspec):  # one ranged request; no lock: reads overlap
-            data = remote.read_range(f.path, offset, min(n, max(0, f.size - offset)))
+            data = remote.read_cached(f.path, f._remote.version, offset,
+                                      min(n, max(0, f.size - offset)))
             view[:len(data)] = data
             return len(data)
         with f._lock:
@@ -242,7 +243,11 @@ def read_all(path: str) -> bytes:
 
 
 class _Fsspec:
-    """The remote handle of an :class:`Input` on an fsspec filesystem: nothing to close."""
+    """The remote handle of an :class:`Input` on an fsspec filesystem: nothing to close;
+    ``version`` (size, modification time) keys the bytes kept by ``remote.spill``."""
+
+    def __init__(self, version=None):
+        self.version = version
 
     def close(self) -> None:
         pass
@@ -257,4 +262,6 @@ def _open_remote(path: str) -> Input:
         raise
     if meta.get("type") == "directory":
         raise UserError(f"{path} is a folder where a file should be")
-    return Input(path, None, _Fsspec(), size=int(meta.get("size") or 0))
+    size = int(meta.get("size") or 0)
+    version = (size, str(meta.get("updated") or meta.get("mtime") or meta.get("generation")))
+    return Input(path, None, _Fsspec(version), size=size)

@@ -17,6 +17,7 @@ from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
 from tpuckpt_viz.patterns import compile_user, search_any
+from tpuckpt_viz.tfcompat import tf
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -103,6 +104,7 @@ def object_tree(ckpt: Checkpoint, table: pd.DataFrame) -> pd.DataFrame | None:
     """
     if OBJECT_GRAPH_KEY not in ckpt.entries:
         return None
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     raw = ckpt.read_raw(OBJECT_GRAPH_KEY)
