@@ -23,6 +23,20 @@ baseline, repetition after repetition), the median of the per-repetition ratios:
 - ``bf16_stats_vs_read``: as ``stats_vs_read`` on a ~1 GiB bfloat16 checkpoint. Target <= 1.5.
 - ``cli_stats_vs_read`` (extra): whole processes, ``python -m tpuckpt_viz stats --format json``
   against a process running the bare loop, each less a process that only imports TensorFlow.
+- ``list_process_vs_import_tf``: whole processes, ``python -m tpuckpt_viz list --format json``
+  of the 20,000-entry checkpoint against a process that only imports TensorFlow (listing a
+  bundle imports no TensorFlow). Target <= 0.3.
+- ``stats_process_vs_read_process``: whole processes, ``python -m tpuckpt_viz stats`` of the
+  ~1 GiB checkpoint against a process running the bare ``get_tensor`` loop (TensorFlow's
+  import included on that side only). Target <= 0.45.
+
+``--page`` measures only the Infer page instead (``python benchmarks/bench.py --page``):
+
+- ``page_vs_cli``: a Keras model with a long-audio input ``[-1, 43844, 1]`` and outputs
+  ``[-1, 172, 88]`` (a piano roll), built here and exported as a SavedModel; the Infer page
+  opened on it and run once (Streamlit's AppTest in a fresh process: opening the page, the
+  click, the rerun that draws the results) against ``python -m tpuckpt_viz infer DIR --format
+  json`` (a whole process), the median of the per-repetition ratios. Target <= 1.5.
 
 Inputs are generated in a temporary folder (removed at the end) by a child process, so the
 memory used to write them is given back before anything is timed. Nothing is written into the
@@ -279,8 +293,9 @@ _BARE_PROCESS = (
 _IMPORT_ONLY = "from tpuckpt_viz.tfcompat import tf\ntf()\n"
 
 
-def cli_side_by_side(prefix: str, reps: int) -> dict:
-    """Whole processes: the CLI, a bare read loop, and TensorFlow's import alone."""
+def cli_side_by_side(prefix: str, many: str, reps: int) -> dict:
+    """Whole processes, side by side in each repetition: ``stats`` of ``prefix`` through the
+    CLI, a bare read loop over it, TensorFlow's import alone, and ``list`` of ``many``."""
     def run(*args) -> float:
         start = time.perf_counter()
         out = _child(*args)
@@ -290,19 +305,117 @@ def cli_side_by_side(prefix: str, reps: int) -> dict:
         return elapsed
 
     cli = ("-m", "tpuckpt_viz", "stats", prefix, "--format", "json")
+    lister = ("-m", "tpuckpt_viz", "list", many, "--format", "json")
     if reps > 1:
         run(*cli)  # warm the interpreter's file caches
-    ratios, t_cli, t_bare, t_imp = [], [], [], []
+        run(*lister)
+    ratios, stats_ratios, list_ratios = [], [], []
+    t_cli, t_bare, t_imp, t_list = [], [], [], []
     for _ in range(reps):
         imp = run("-c", _IMPORT_ONLY)
         c = run(*cli)
         b = run("-c", _BARE_PROCESS, prefix)
+        li = run(*lister)
         ratios.append(max(c - imp, 1e-3) / max(b - imp, 1e-3))
+        stats_ratios.append(c / b)
+        list_ratios.append(li / imp)
         t_cli.append(c)
         t_bare.append(b)
         t_imp.append(imp)
-    return {"ratio": statistics.median(ratios), "cli_s": statistics.median(t_cli),
-            "bare_s": statistics.median(t_bare), "import_s": statistics.median(t_imp)}
+        t_list.append(li)
+    med = statistics.median
+    return {"ratio": med(ratios), "stats_ratio": med(stats_ratios), "list_ratio": med(list_ratios),
+            "cli_s": med(t_cli), "bare_s": med(t_bare), "import_s": med(t_imp),
+            "list_s": med(t_list)}
+
+
+# ------------------------------------------------------------------------ the Infer page
+
+AUDIO = {"full": {"samples": 43844, "frames": 172, "notes": 88, "reps": 3},
+         "quick": {"samples": 4384, "frames": 18, "notes": 88, "reps": 1}}
+
+
+def make_audio_model(folder: str, mode: str) -> str:
+    """A Keras model from long audio to a piano roll, exported as a SavedModel in ``folder``."""
+    tf = _quiet_tf()
+    size = AUDIO[mode]
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    stride = -(-size["samples"] // size["frames"])
+    inputs = keras.Input((size["samples"], 1), name="audio")
+    x = keras.layers.Conv1D(32, 2 * stride, strides=stride, padding="same",
+                            activation="relu", name="frames")(inputs)
+    outputs = keras.layers.Dense(size["notes"], activation="sigmoid", name="notes")(x)
+    model = keras.Model(inputs, outputs, name="transcriber")
+    assert tuple(model.output.shape[1:]) == (size["frames"], size["notes"])
+    path = str(Path(folder) / "transcriber")
+    model.export(path, verbose=False)
+    return path
+
+
+_PAGE_PROCESS = """
+import json, os, sys, time
+sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
+start = time.perf_counter()
+from apphelpers import INFER, open_app
+at = open_app(INFER, timeout=600, ckpt=sys.argv[1])
+opened = time.perf_counter()
+at.button(key="infer_run").click().run()
+assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+assert any(m.label == "Device" for m in at.metric)
+done = time.perf_counter()
+print(json.dumps({"open_s": opened - start, "run_s": done - opened, "page_s": done - start}))
+"""
+
+
+def page_side_by_side(saved_model: str, reps: int) -> dict:
+    """The Infer page (a fresh process each time) against the ``infer`` command."""
+    env_roots = {"TPUCKPT_ROOTS": str(Path(saved_model).parent)}
+
+    def run(*args) -> tuple[float, str]:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), **env_roots)
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                             cwd=str(ROOT), timeout=900, check=False)
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"{args[:3]}: {out.stderr.strip()[-2000:]}")
+        return elapsed, out.stdout
+
+    cli_args = ("-m", "tpuckpt_viz", "infer", saved_model, "--format", "json")
+    ratios, pages, clis, runs = [], [], [], []
+    for _ in range(reps):
+        cli_s, _ = run(*cli_args)
+        _, out = run("-c", _PAGE_PROCESS, saved_model, str(ROOT))
+        page = json.loads(out.strip().splitlines()[-1])
+        ratios.append(page["page_s"] / cli_s)
+        pages.append(page["page_s"])
+        runs.append(page["run_s"])
+        clis.append(cli_s)
+    return {"ratio": statistics.median(ratios), "page_s": statistics.median(pages),
+            "page_run_s": statistics.median(runs), "cli_s": statistics.median(clis)}
+
+
+def run_page_benchmark(mode: str) -> dict:
+    folder = tempfile.mkdtemp(prefix="tpuckpt-bench-page-")
+    started = time.perf_counter()
+    try:
+        path = _json_child("--make-audio", folder, mode)["path"]
+        size = AUDIO[mode]
+        page = page_side_by_side(path, size["reps"])
+        return {
+            "page_vs_cli": round(page["ratio"], 3),
+            "targets": {"page_vs_cli": 1.5},
+            "seconds": {"page": round(page["page_s"], 2), "page_run": round(page["page_run_s"], 2),
+                        "cli_infer_process": round(page["cli_s"], 2)},
+            "inputs": {"mode": mode, "input_shape": [-1, size["samples"], 1],
+                       "output_shape": [-1, size["frames"], size["notes"]], "batch": 4,
+                       "repetitions": size["reps"]},
+            "machine": _machine(),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------- main
@@ -351,7 +464,7 @@ def run_benchmark(mode: str, keep: str | None = None) -> dict:
         rss = _json_child("--rss", paths["big"])
         if rss["status"] != 0:
             raise RuntimeError(f"stats on the big checkpoint failed: {rss}")
-        cli = cli_side_by_side(a, size["cli_reps"])
+        cli = cli_side_by_side(a, paths["many"], size["cli_reps"])
         listed = len(raw_list(paths["many"]))
         return {
             "stats_vs_read": round(stats["ratio"], 3),
@@ -360,9 +473,12 @@ def run_benchmark(mode: str, keep: str | None = None) -> dict:
             "list_vs_raw": round(many["ratio"], 3),
             "bf16_stats_vs_read": round(bf["ratio"], 3),
             "cli_stats_vs_read": round(cli["ratio"], 3),
+            "list_process_vs_import_tf": round(cli["list_ratio"], 3),
+            "stats_process_vs_read_process": round(cli["stats_ratio"], 3),
             "targets": {"stats_vs_read": 1.25, "diff_vs_read": 1.5,
                         "peak_rss_mb_over_base": 600, "list_vs_raw": 10,
-                        "bf16_stats_vs_read": 1.5},
+                        "bf16_stats_vs_read": 1.5, "list_process_vs_import_tf": 0.3,
+                        "stats_process_vs_read_process": 0.45},
             "seconds": {
                 "stats": round(stats["engine_s"], 4), "read": round(stats["baseline_s"], 4),
                 "diff": round(diff["engine_s"], 4), "read_both": round(diff["baseline_s"], 4),
@@ -371,6 +487,7 @@ def run_benchmark(mode: str, keep: str | None = None) -> dict:
                 "cli_stats_process": round(cli["cli_s"], 3),
                 "bare_read_process": round(cli["bare_s"], 3),
                 "import_tensorflow_process": round(cli["import_s"], 3),
+                "cli_list_process": round(cli["list_s"], 3),
                 "generate_inputs": round(generated, 1),
             },
             "rss_mb": {"base": round(rss["base_mb"], 1), "peak": round(rss["peak_mb"], 1)},
@@ -407,14 +524,27 @@ def _make_dense_pair(folder: str, mode: str) -> dict:
     return paths
 
 
+def _process_cpu() -> float:
+    """CPU seconds (user + system) of the calling process, threads included."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _cpu_seconds(cluster) -> float:
+    """CPU seconds used so far by this process (None) or by all the cluster's workers."""
+    if cluster is None:
+        return _process_cpu()
+    return sum(cluster.client.run(_process_cpu).values())
+
+
 def cluster_benchmark(mode: str, keep: str | None = None) -> dict:
     """Throughput of ``stats`` and ``diff`` in-process and on local Dask clusters of 1 and 2
     worker processes, side by side in one run (each repetition runs all three), medians.
 
     The clusters are started once, before timing (their start is reported apart); every
     variant reads the same files from the page cache, after one warm-up, and the results are
-    checked to be identical. ``per_worker_gb_s`` (stats on 1 worker) gives the paper
-    estimate of a 1 TB ``steps`` run on 32 workers that ``estimate`` spells out.
+    checked to be identical. ``per_worker_gb_s`` (stats bytes per CPU second of the one
+    worker) gives the paper estimate of a 1 TB run on 32 workers that ``estimate`` spells out.
     """
     from tpuckpt_viz.checkpoint.reader import open_checkpoint
     from tpuckpt_viz.checkpoint.records import list_records
@@ -453,7 +583,7 @@ def cluster_benchmark(mode: str, keep: str | None = None) -> dict:
             return diff_checkpoints(open_checkpoint(a), open_checkpoint(b), cluster=c)
 
         variants = {"in_process": None, "workers_1": clusters[1], "workers_2": clusters[2]}
-        times = {name: {"stats": [], "diff": []} for name in variants}
+        times = {name: {"stats": [], "diff": [], "stats_cpu": []} for name in variants}
         reference = {}
         for name, c in variants.items():  # warm-up, and the same numbers everywhere
             got = (json.dumps(stats(c)), json.dumps(diff(c)))
@@ -462,15 +592,22 @@ def cluster_benchmark(mode: str, keep: str | None = None) -> dict:
                 raise RuntimeError(f"{name} gives other numbers than in-process")
         for _ in range(reps):
             for name, c in variants.items():
+                cpu = _cpu_seconds(c)
                 times[name]["stats"].append(_timed(stats, c))
+                times[name]["stats_cpu"].append(_cpu_seconds(c) - cpu)
                 times[name]["diff"].append(_timed(diff, c))
         gb = nbytes / 1e9
         out = {}
         for name in variants:
-            st, df = (statistics.median(times[name][k]) for k in ("stats", "diff"))
+            st, df, cpu = (statistics.median(times[name][k])
+                           for k in ("stats", "diff", "stats_cpu"))
             out[name] = {"stats_s": round(st, 4), "diff_s": round(df, 4),
-                         "stats_gb_s": round(gb / st, 3), "diff_gb_s": round(2 * gb / df, 3)}
-        per_worker = out["workers_1"]["stats_gb_s"]
+                         "stats_gb_s": round(gb / st, 3), "diff_gb_s": round(2 * gb / df, 3),
+                         "stats_cpu_s": round(cpu, 4),
+                         "stats_gb_per_cpu_s": round(gb / max(cpu, 1e-6), 3)}
+        # CPU seconds, not wall time: on a shared machine a worker's wall time counts the
+        # time other processes held its core; its CPU time is what a core of its own gives.
+        per_worker = out["workers_1"]["stats_gb_per_cpu_s"]
         hours = 1000 / (32 * per_worker) / 3600
         return {
             "cluster": out,
@@ -478,8 +615,9 @@ def cluster_benchmark(mode: str, keep: str | None = None) -> dict:
                                              / out["workers_2"]["stats_s"], 3),
             "per_worker_gb_s": per_worker,
             "estimate": {"tb": 1, "workers": 32, "hours": round(hours, 3),
-                         "note": "1 TB / (32 x per_worker_gb_s): reads from page cache; on "
-                                 "gs:// each VM's network bandwidth caps it"},
+                         "note": "1 TB / (32 x per_worker_gb_s), per_worker_gb_s = stats bytes "
+                                 "per CPU second of one worker (reads from page cache); "
+                                 "storage bandwidth per worker caps it (gs://)"},
             "cluster_start_s": start_s,
             "inputs": {"mode": mode, "tensors": size["tensors"], "bytes": nbytes,
                        "repetitions": reps},
@@ -508,7 +646,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the Dask figures: stats and diff in-process and on local "
                              "clusters of 1 and 2 workers")
     parser.add_argument("--make-pair", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--page", action="store_true",
+                        help="measure the Infer page against the infer command instead "
+                             "(a long-audio model; about a minute per repetition)")
+    parser.add_argument("--make-audio", nargs=2, metavar=("DIR", "MODE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.make_audio:
+        print(json.dumps({"path": make_audio_model(*args.make_audio)}))
+        return 0
+    if args.page:
+        print(json.dumps(run_page_benchmark("quick" if args.quick else "full"), indent=1))
+        return 0
     if args.remote:
         return remote_figures(args.quick, args.before)
     if args.make_pair:

@@ -160,3 +160,20 @@ def test_json_carries_what_the_page_shows(shared):
     assert doc["tag_set"] == ["serve"] and doc["signature"] == "serving_default"
     assert doc["inputs"] == {"x": {"shape": [2, 1], "dtype": "float32"}}
     assert isinstance(doc["device_skipped"], list)
+
+
+def test_stale_state_file_resolves_as_on_browse(app_env, tmp_path_factory):
+    """A run copied down from elsewhere: its state file names a folder that is gone. Browse
+    opens it by base name, and so does Infer."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("copied_run")
+    for f in app_env.glob("ckpt-300.*"):
+        shutil.copy(f, folder / f.name)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "/gone/run/ckpt-300"\n'
+                                       'all_model_checkpoint_paths: "/gone/run/ckpt-300"\n')
+    at = open_page(ckpt=str(folder))
+    assert not at.error, errors(at)
+    click(at, "infer_run")
+    assert not at.error, errors(at)
+    assert metrics(at)["Restore"] == "ok"

@@ -224,16 +224,21 @@ def test_steps_formats(capsys, demo_run, fmt):
     status, out, err = in_process(capsys, "steps", demo_run, "--match", "^dense/kernel$",
                                   "--format", fmt)
     assert status == 0 and err == ""
+    # the demo saves with CheckpointManager(checkpoint_number=step): files are named by step
+    saved = sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in demo_run.glob("ckpt-*.index"))
+    assert len(saved) >= 3 and saved[0] == 0
     if fmt == "json":
         rows = strict_json(out)
-        assert [r["step"] for r in rows] == [0, 60, 120, 180, 240, 300]
+        assert [r["step"] for r in rows] == saved
         assert rows[0]["delta_l2"] is None and rows[0]["update_ratio"] is None
         assert all(list(r) == list(cli.STEPS_COLUMNS) for r in rows)
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
-        assert rows[0]["delta_l2"] == "" and len(rows) == 6
+        assert rows[0]["delta_l2"] == "" and len(rows) == len(saved)
     else:
-        assert len(out.splitlines()) == 7
+        lines = out.splitlines()
+        assert len(lines) == len(saved) + 1
+        assert [int(ln.split()[0]) for ln in lines[1:]] == saved
 
 
 def test_steps_json_with_nan_is_strict(capsys, tf, tmp_path):
@@ -242,7 +247,7 @@ def test_steps_json_with_nan_is_strict(capsys, tf, tmp_path):
             str(tmp_path / f"ckpt-{i}"))
     status, out, _ = in_process(capsys, "steps", tmp_path, "--format", "json")
     assert status == 0
-    rows = [r for r in strict_json(out) if r["name"] == "Variable"]
+    rows = [r for r in strict_json(out) if r["name"] == "w"]
     assert [(r["nan"], r["inf"]) for r in rows] == [(0, 0), (1, 0), (0, 1)]
 
 
@@ -388,7 +393,7 @@ def test_progress_closes_its_line_when_the_work_fails(shared):
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert "tensors" in lines[0] and "/105 tensors" in lines[0]
-    assert lines[-1].startswith("error: missing data file") and len(lines) == 2
+    assert lines[-1].startswith("error: ") and "missing data file" in lines[-1] and len(lines) == 2
 
 
 def test_bad_progress_setting_is_one_line(shared):
@@ -404,3 +409,29 @@ def run_cli_env(extra: dict, *args) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "tpuckpt_viz", *map(str, args)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_tensorflow_is_imported_quietly_everywhere():
+    """TensorFlow prints its start-up banner to fd 2 on its first import, protos included:
+    every ``tensorflow`` import in the package comes after ``tf()`` (tfcompat's quiet import)
+    in the same function. Static, so that a new lazy import cannot slip past the quiet-stderr
+    tests above by being on a path they do not take."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "tpuckpt_viz").rglob("*.py")):
+        if path.name == "tfcompat.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef,
+                                                                  ast.AsyncFunctionDef))]:
+            quiet_at = min((n.lineno for n in ast.walk(func) if isinstance(n, ast.Call)
+                            and getattr(n.func, "id", getattr(n.func, "attr", "")) == "tf"),
+                           default=None)
+            for node in ast.walk(func):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                if any(n.split(".")[0] == "tensorflow" for n in names) and (
+                        quiet_at is None or quiet_at > node.lineno):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad, f"tensorflow imported before tf() (tpuckpt_viz.tfcompat): {bad}"

@@ -22,7 +22,7 @@ SAMPLE = {"roots": "/data", "address": "0.0.0.0", "port": "8600", "model": "pkg.
           "allow_unsafe_ops": "1", "demo_dir": "/tmp/demo-x", "progress": "never",
           "worker_mb": "2048", "worker_timeout_s": "30", "scheduler": "tcp://host:8786",
           "workers": "3"}
-BAD = {"port": ["abc", "0", "70000"], "upload_mb": ["-1", "1.5"], "slice_mb": ["0"],
+BAD = {"port": ["abc", "0", "70000"], "upload_mb": ["-1", "1.5"], "slice_mb": ["-1", "x"],
        "chunk_mb": ["-1", "lots"], "cache_entries": ["many"], "allow_unsafe_ops": ["maybe", "2"],
        "progress": ["sometimes"], "worker_mb": ["-1", "lots"], "worker_timeout_s": ["0"],
        "workers": ["0", "two"]}

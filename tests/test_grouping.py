@@ -215,6 +215,7 @@ def test_keras3_demo_slots_link_to_raw_keys(demo_run):
     assert kinds["batch_norm/moving_mean"] == "stat"
     assert kinds["batch_norm/gamma"] == "norm" and kinds["layer_norm/beta"] == "norm"
     assert kinds["classifier/bias"] == "bias"
+    # tf.train.Checkpoint(step=tf.Variable(name="global_step")): the object path, "step"
     assert kinds["step"] == "counter" and kinds["save_counter"] == "counter"
     assert kinds["adam/iteration"] == "optimizer"
 

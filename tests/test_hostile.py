@@ -251,6 +251,14 @@ def hostile(tf, tmp_path_factory, outside):
     os.symlink(outside / "checkpoint", state / "checkpoint")
     files["linked_state"] = state
 
+    # Named pipes where a file should be: reading one would wait for ever.
+    fifo_model = root / "fifo_model"
+    (fifo_model / "variables").mkdir(parents=True)
+    os.mkfifo(fifo_model / "saved_model.pb")
+    files["fifo_model"] = fifo_model
+    os.mkfifo(root / "inputs" / "fifo.npy")
+    files["fifo_npy"] = root / "inputs" / "fifo.npy"
+
     files["hashes"] = tree_hashes(root, outside)
     return files
 
@@ -484,8 +492,13 @@ def test_odd_inputs_are_clear_errors(hostile, capsys, shared):
                   "nested too deeply")
     cli_fails(capsys, ["infer", half, "--input", "x=" + "[" * 40 + "1" + "]" * 40],
               "nested more than 32 deep")
-    with measured("input: --batch -3"):
-        cli_fails(capsys, ["infer", half, "--batch", "-3"], "batch size -3")
+    with measured("input: --batch -3"):  # a usage error: exit 2, argparse's message
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["infer", half, "--batch", "-3"])
+        assert stop.value.code == 2
+        assert "--batch: '-3' is not a whole number of at least 1" in capsys.readouterr().err
+    with pytest.raises(UserError, match="batch size -3"):  # the API says it too
+        inf.run_inference(half, batch=-3)
     with measured("input: resource, variant and unknown dtypes"):
         err = cli_fails(capsys, ["infer", str(hostile["odd_dtypes"]), "--device", "cpu"],
                         "cannot be given as test values")
@@ -496,6 +509,7 @@ def test_odd_inputs_are_clear_errors(hostile, capsys, shared):
 
 
 def test_scalar_string_output(hostile, capsys, app_env):
+    capsys.readouterr()  # (Streamlit's cache notice from the fixtures)
     out = cli_works(capsys, ["infer", str(hostile["string_output"]), "--input", "x=[1, 2, 3]",
                              "--format", "json", "--device", "cpu"])
     assert json.loads(out)["outputs"]["label"] == "6.000000"
@@ -505,6 +519,19 @@ def test_scalar_string_output(hostile, capsys, app_env):
         at = open_app(INFER, timeout=180, ckpt=hostile["string_output"])
         at.button(key="infer_run").click().run()
     assert not at.exception and not at.error, errors(at)
+
+
+def test_named_pipes_never_block(hostile, capsys, shared, app_env):
+    capsys.readouterr()  # (Streamlit's cache notice from the fixtures)
+    with measured("fifo: saved_model.pb is a named pipe (infer CLI)"):
+        cli_fails(capsys, ["infer", str(hostile["fifo_model"]), "--device", "cpu"],
+                  "saved_model.pb is a named pipe (FIFO), not a file")
+    with measured("fifo: an --input file is a named pipe (infer CLI)"):
+        cli_fails(capsys, ["infer", str(shared / HALF_PLUS_TWO), "--input",
+                           f"x={hostile['fifo_npy']}"], "fifo.npy is a named pipe (FIFO)")
+    with measured("fifo: saved_model.pb is a named pipe (Infer page)"):
+        at = open_app(INFER, timeout=180, ckpt=hostile["fifo_model"])
+    assert "named pipe" in errors(at)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,6 +564,7 @@ def test_symlinked_files_are_refused_on_every_page(hostile, app_env):
 # Raw exceptions that were catch-alls
 
 def test_object_graph_child_out_of_range(hostile, capsys, app_env):
+    capsys.readouterr()  # (Streamlit's cache notice from the fixtures)
     path = hostile["graph_child_out_of_range"]
     with measured("raw: object-graph child id out of range (infer CLI)"):
         cli_fails(capsys, ["infer", path, "--device", "cpu"], "corrupt object graph",

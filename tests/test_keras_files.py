@@ -354,3 +354,27 @@ def test_keras_file_on_a_bucket_filesystem(capsys, keras3_run):
     stats = cli_json(capsys, "stats", url, "--match", "^hidden/kernel$")
     kernel = keras3_run["values"]["hidden/kernel"]
     assert stats[0]["l2"] == pytest.approx(float(np.linalg.norm(kernel)), rel=1e-5)
+
+
+def test_infer_runs_a_keras_archive_and_restores_weights_files(capsys, keras3_run):
+    """``infer model.keras`` runs the archive itself (its input named as the Keras Input);
+    ``infer w.01.weights.h5 --model model.keras`` restores that epoch into it. Outputs checked
+    against Keras directly."""
+    import keras
+
+    x = [[[0.5, -1.0], [0.25, 2.0], [1.0, 0.0]]]
+    model = keras.saving.load_model(str(keras3_run["keras"]), safe_mode=True)
+    expected = model(np.asarray(x, np.float32), training=False).numpy()
+    result = cli_json(capsys, "infer", keras3_run["keras"], "--input", f"x={json.dumps(x)}",
+                      "--device", "cpu")
+    (out,) = result["outputs"].values()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    first = sorted(keras3_run["run"].iterdir())[0]
+    model.load_weights(str(first))
+    expected_first = model(np.asarray(x, np.float32), training=False).numpy()
+    result = cli_json(capsys, "infer", first, "--model", keras3_run["keras"],
+                      "--input", f"x={json.dumps(x)}", "--device", "cpu")
+    (out,) = result["outputs"].values()
+    np.testing.assert_allclose(out, expected_first, rtol=1e-5, atol=1e-6)
+    assert result["restore"]["status"] == "ok"
+    assert not np.allclose(expected_first, expected)  # epoch 1 is not the final model

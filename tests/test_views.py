@@ -50,11 +50,10 @@ def matrix_ckpt(tmp_path_factory, tf):
 @pytest.mark.parametrize("chunk_mb", ["8", "0"])
 def test_heatmap_block_means_match_numpy(matrix_ckpt, monkeypatch, chunk_mb):
     prefix, big, _ = matrix_ckpt
-    if chunk_mb == "0":  # stream from the shard in tiny chunks, as for a huge tensor
-        monkeypatch.setenv("TPUCKPT_SLICE_MB", "0")
     ckpt = open_checkpoint(prefix)
     key = "big/.ATTRIBUTES/VARIABLE_VALUE"
-    view = views.tensor_view(ckpt, key)
+    # "0": streamed from the shard in tiny chunks, as for a huge tensor
+    view = views.tensor_view(ckpt, key, chunk_bytes=4096 if chunk_mb == "0" else None)
     expected, sr, sc = downsample_2d(big, views.MAX_HEATMAP_SIDE)
     assert view.heat_strides == (sr, sc) == (3, 2)
     np.testing.assert_allclose(view.heat, expected, rtol=1e-5, atol=1e-6)

@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, metavar="MB"),
     Setting("slice_mb", "64", "TPUCKPT_SLICE_MB", "--slice-mb",
             "Tensors larger than this many MB are streamed from their data shard in chunks "
-            "instead of read whole.", kind="int", minimum=1, metavar="MB"),
+            "instead of read whole (0: every tensor).", kind="int", minimum=0, metavar="MB"),
     Setting("chunk_mb", "8", "TPUCKPT_CHUNK_MB", "--chunk-mb",
             "Size of one streamed chunk in MB.", kind="int", minimum=1, metavar="MB"),
     Setting("cache_entries", "256", "TPUCKPT_CACHE_ENTRIES", "--cache-entries",
@@ -144,12 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
             "read on its workers, which must see the checkpoints at the same paths (a shared "
             "disk, or gs://). Default: none (in-process).", metavar="ADDRESS",
-            commands=("stats", "diff", "steps", "serve")),
+            commands=("serve", "stats", "diff", "steps")),
     Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
             "Start a local Dask cluster of this many worker processes for stats, diff, steps "
             "and Compare, shut down with the command or the server. Default: none "
             "(in-process).", kind="int", minimum=1, metavar="N",
-            commands=("stats", "diff", "steps", "serve")),
+            commands=("serve", "stats", "diff", "steps")),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

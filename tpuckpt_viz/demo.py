@@ -79,9 +79,18 @@ def _data(n: int = 4096, seed: int = SEED):
     return tokens.astype("int32"), labels.astype("int64")
 
 
+DEMO_VERSION = "demo runs v2 (transformer, diverging/)"
+
+
 def is_complete(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds finished demo runs (the marker is written last)."""
-    return (Path(run_dir) / "checkpoint").is_file() and (Path(run_dir) / "DONE").is_file()
+    """Whether ``run_dir`` holds finished demo runs of this version (the marker is written
+    last; an older demo, of another model, is made again)."""
+    marker = Path(run_dir) / "DONE"
+    try:
+        return (Path(run_dir) / "checkpoint").is_file() and \
+            marker.read_text().strip() == DEMO_VERSION
+    except OSError:
+        return False
 
 
 def _train(folder: Path, steps: int, save_every: int, nan_step: int | None = None) -> None:
@@ -139,7 +148,7 @@ def make_demo(run_dir: str | os.PathLike | None = None, steps: int = STEPS,
         _train(work, steps, save_every)
         _train(work / DIVERGING, min(steps, DIVERGING_STEPS), save_every,
                nan_step=NAN_STEP if NAN_STEP <= steps else None)
-        (work / "DONE").write_text("demo runs complete\n")
+        (work / "DONE").write_text(DEMO_VERSION + "\n")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

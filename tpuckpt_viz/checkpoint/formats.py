@@ -81,6 +81,9 @@ def sniff(path: str) -> str | None:
 
 def _is_graphdef(path: str) -> bool:
     try:
+        from tpuckpt_viz.tfcompat import tf
+
+        tf()  # quiet import first: the protos alone print TF's banner
         from tensorflow.core.framework import graph_pb2
 
         with open_binary(path) as f:

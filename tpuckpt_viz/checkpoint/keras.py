@@ -42,9 +42,9 @@ from typing import Iterator
 
 import numpy as np
 
-from tpuckpt_viz import config
 from tpuckpt_viz.checkpoint import formats
 from tpuckpt_viz.checkpoint.objectgraph import ObjectGraphInfo
+from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 
 KERAS_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
@@ -196,6 +196,7 @@ class KerasCheckpoint:
         self.prefix = str(path)
         self.path = display_path or self.prefix
         self.resolved = None
+        self.settings = ReadSettings.from_config()  # read once, as Checkpoint does
         self._lock = threading.RLock()
         self._zip = None
         self._config: dict | None = None
@@ -699,6 +700,10 @@ class KerasCheckpoint:
     def streamable(self, key: str) -> bool:
         return False
 
+    def plan(self, key: str) -> ReadPlan:
+        """No byte ranges: the engine reads every dataset through :meth:`chunks`."""
+        return ReadPlan(key, self._check(key).shape)
+
     def _check(self, key: str) -> KerasEntry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.path}: run `list` to see the keys")
@@ -729,7 +734,7 @@ class KerasCheckpoint:
         """The dataset as flat 1-D arrays, in order, read a slab of leading rows at a time
         (never the whole tensor when it is larger than ``chunk_bytes``)."""
         entry = self._check(key)
-        chunk_bytes = chunk_bytes or config.get_int("chunk_mb") << 20
+        chunk_bytes = chunk_bytes or self.settings.chunk_bytes
         ds = self._datasets[key]
         itemsize = max(ds.dtype.itemsize, 1)
         if entry.numel * itemsize <= chunk_bytes or len(entry.shape) == 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 
 from tpuckpt_viz.checkpoint import formats
+from tpuckpt_viz.tfcompat import tf
 
 # Collection -> hinted kind, strongest first.
 COLLECTIONS = (
@@ -55,6 +56,7 @@ def _read(path: str, limit: int = _MAX_META_BYTES) -> bytes | None:
 
 def _variable_names(collection) -> list[str]:
     """Op names of the variables in a CollectionDef (VariableDef bytes, or node names)."""
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.framework import variable_pb2
 
     names = []
@@ -92,6 +94,7 @@ def meta_file(prefix: str) -> str | None:
 
 
 def _saved_model_meta_graphs(saved_model_dir: str):
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import saved_model_pb2
 
     raw = _read(saved_model_dir.rstrip("/") + "/saved_model.pb")
@@ -123,6 +126,9 @@ def collection_hints(ckpt) -> dict[str, tuple[str, None]]:
     hints: dict[str, tuple[str, None]] = {}
     try:
         if meta is not None:
+            from tpuckpt_viz.tfcompat import tf
+
+            tf()  # imported quietly first: TensorFlow's start-up lines stay off stderr
             from tensorflow.core.protobuf import meta_graph_pb2
 
             raw = _read(meta)

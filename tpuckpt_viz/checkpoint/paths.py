@@ -403,6 +403,15 @@ def resolve_checkpoint(path: str) -> Resolved:
 
     Raises :class:`UserError` with a one-line message when PATH holds no readable checkpoint.
     """
+    resolved = _resolve(path)
+    if resolved.format != "keras":
+        # Bundles go on to TensorFlow's protos (index, object graph): import TensorFlow quietly
+        # first, as the gfile calls used to; Keras files need no TensorFlow at all.
+        tf()
+    return resolved
+
+
+def _resolve(path: str) -> Resolved:
     raw = str(path).strip()
     if not raw:
         raise UserError("no path given: pass a checkpoint folder, prefix or .index file")

@@ -19,28 +19,13 @@ from typing import Iterator
 
 import numpy as np
 
-from tpuckpt_viz import config, sandbox
+from tpuckpt_viz import sandbox
 from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
-from tpuckpt_viz.checkpoint.shards import ReadPlan
+from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
-
-
-@dataclass(frozen=True)
-class ReadSettings:
-    """The read settings, read once when a checkpoint is opened and passed down from there:
-    ``chunk_bytes`` (``chunk_mb``), the size of one streamed chunk, and ``slice_bytes``
-    (``slice_mb``), above which :meth:`Checkpoint.read` and :meth:`Checkpoint.chunks` stream a
-    tensor from its shard instead of asking TensorFlow's reader."""
-
-    chunk_bytes: int
-    slice_bytes: int
-
-    @classmethod
-    def from_config(cls) -> ReadSettings:
-        return cls(config.get_int("chunk_mb") << 20, config.get_int("slice_mb") << 20)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Iterator
 import google_crc32c
 import numpy as np
 
+from tpuckpt_viz import config
 from tpuckpt_viz.checkpoint import storage
 from tpuckpt_viz.checkpoint.table import mask
 from tpuckpt_viz.errors import UserError
@@ -61,6 +62,21 @@ class ReadPlan:
     @property
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self.ranges)
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """The read settings, read once when a checkpoint is opened and passed down from there:
+    ``chunk_bytes`` (``chunk_mb``), the size of one streamed chunk, and ``slice_bytes``
+    (``slice_mb``), above which :meth:`Checkpoint.read` and :meth:`Checkpoint.chunks` stream a
+    tensor from its shard instead of asking TensorFlow's reader."""
+
+    chunk_bytes: int
+    slice_bytes: int
+
+    @classmethod
+    def from_config(cls) -> ReadSettings:
+        return cls(config.get_int("chunk_mb") << 20, config.get_int("slice_mb") << 20)
 
 
 def missing_message(path: str) -> str:

@@ -208,13 +208,14 @@ def _cmd_stats(args) -> None:
     from tpuckpt_viz.patterns import compile_user, search_any
 
     pattern = compile_user(args.match, "--match") if args.match else None
+    progress = _progress(args, "stats", "tensors")  # a bad setting fails before any read
     ckpt = open_checkpoint(args.path)
     records = [r for r in list_records(ckpt) if search_any(pattern, r["name"], r["key"])]
     names = {r["key"]: r["name"] for r in records}
     # One engine pass: each tensor read once, the next chunks read ahead while this one is
     # reduced; progress (tensors and bytes) on stderr.
     out = []
-    with _progress(args, "stats", "tensors") as progress, _cluster(args) as cluster:
+    with progress, _cluster(args) as cluster:
         for stats in iter_stats(ckpt, names, progress=progress, labels=names, cluster=cluster):
             stats["name"] = names[stats["key"]]
             out.append(stats)

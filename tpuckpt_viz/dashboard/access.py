@@ -69,7 +69,17 @@ def check_path(path: str, roots: list[str] | None = None) -> str:
         raise UserError(f"{path} is outside the allowed roots ({shown}): start the server with "
                         "--root DIR (or set TPUCKPT_ROOTS) to allow another folder")
     if not _is_remote(resolved):
-        for file in opened_files(resolved):
+        files = opened_files(resolved)
+        if os.path.isdir(resolved) and os.path.isfile(os.path.join(resolved, "checkpoint")):
+            for prefix in _state_prefixes(resolved):  # where the state file leads
+                real = os.path.join(os.path.realpath(os.path.dirname(prefix)),
+                                    os.path.basename(prefix))
+                if not any(not _is_remote(r) and _under(real, r) for r in roots):
+                    raise UserError(f"{prefix}, named by the state file of {path}, is outside "
+                                    f"the allowed roots ({', '.join(roots)}): start the server "
+                                    "with --root DIR (or set TPUCKPT_ROOTS) to allow it")
+                files += opened_files(prefix)
+        for file in files:
             real = os.path.realpath(file)
             if not any(not _is_remote(r) and _under(real, r) for r in roots):
                 raise UserError(f"{file} is a link that leads outside the allowed roots: "
@@ -121,6 +131,16 @@ def opened_files(path: str) -> list[str]:
     if base == "variables" and os.path.basename(folder) == "variables":
         files += opened_files(os.path.dirname(folder))
     return files
+
+
+def _state_prefixes(folder: str) -> list[str]:
+    """The checkpoints that folder's state file (and its *.index files) lead to."""
+    from tpuckpt_viz.checkpoint.paths import run_checkpoints
+
+    try:
+        return run_checkpoints(folder)
+    except UserError:  # no checkpoint there: the page says so when it opens it
+        return []
 
 
 def _walk(folder: str) -> list[str]:

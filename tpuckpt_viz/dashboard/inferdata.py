@@ -76,8 +76,8 @@ def npz_bytes(arrays: dict) -> bytes:
         if arr.dtype == ml_dtypes.bfloat16:
             arr = arr.astype(np.float32)
         if arr.dtype.kind in "OS":
-            arr = np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes) else str(v),
-                                1, 1)(arr).astype(str)
+            arr = np.asarray(np.frompyfunc(lambda v: jsonable(v) if isinstance(v, bytes)
+                                           else str(v), 1, 1)(arr), dtype=object).astype(str)
         out[name.replace("/", "_")] = arr
     np.savez(buffer, **out)
     return buffer.getvalue()

@@ -17,6 +17,7 @@ from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
 from tpuckpt_viz.patterns import compile_user, search_any
+from tpuckpt_viz.tfcompat import tf
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -103,6 +104,7 @@ def object_tree(ckpt: Checkpoint, table: pd.DataFrame) -> pd.DataFrame | None:
     """
     if OBJECT_GRAPH_KEY not in ckpt.entries:
         return None
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     raw = ckpt.read_raw(OBJECT_GRAPH_KEY)
@@ -202,7 +204,8 @@ def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
         mask &= table["dtype"].isin(dtypes)
     if pattern:
         regex = compile_user(pattern, "name filter")  # RE2: linear time, cannot stall the server
-        mask &= [search_any(regex, name, key) for name, key in zip(table["name"], table["key"])]
+        mask &= pd.Series([search_any(regex, name, key) for name, key in
+                           zip(table["name"], table["key"])], index=table.index, dtype=bool)
     return table[mask]
 
 
@@ -303,7 +306,8 @@ def _float64(chunk: np.ndarray) -> np.ndarray:
     return chunk.astype(np.float64) if chunk.dtype.kind != "c" else np.abs(chunk)
 
 
-def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
+def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60,
+                chunk_bytes: int | None = None) -> TensorView:
     """One streamed pass over ``key``: statistics, a histogram sample and heatmap block means."""
     entry = ckpt.entries[key]
     if not is_numeric(entry.dtype):
@@ -316,7 +320,7 @@ def tensor_view(ckpt: Checkpoint, key: str, bins: int = 60) -> TensorView:
                           None, (1, 1), values)
     acc = new_accumulator(entry.numel)
     blocks = _BlockMeans(entry.shape)
-    for chunk in ckpt.chunks(key):
+    for chunk in ckpt.chunks(key, chunk_bytes):
         acc.add(chunk)
         if blocks.active:
             blocks.add(_float64(chunk))

@@ -145,6 +145,11 @@ def worker_source(path: str) -> str | None:
 _seen_files: set = set()
 
 
+def streamed(ckpt, key: str) -> bool:
+    """Whether ``key`` has a read plan of byte ranges (formats without plans: no)."""
+    return hasattr(ckpt, "plan") and ckpt.plan(key).streamable
+
+
 def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRange] | None:
     """The ranges of tensor ``key`` from its read plan (:meth:`Checkpoint.plan`), each a
     multiple of ``align`` bytes but the last and about ``task_bytes`` at most; None if the
@@ -306,10 +311,12 @@ class Cluster:
     ``task_bytes`` sets the size of a task (the numbers do not depend on it).
     """
 
-    def __init__(self, client, local=None, task_bytes: int = TASK_BYTES):
+    def __init__(self, client, local=None, task_bytes: int = TASK_BYTES,
+                 scratch: str | None = None):
         self.client = client
         self.local = local
         self.task_bytes = task_bytes
+        self.scratch = scratch  # the local workers' scratch folder, removed on close
 
     @property
     def address(self) -> str:
@@ -320,8 +327,14 @@ class Cluster:
         try:
             self.client.close()
         finally:
-            if self.local is not None:
-                self.local.close()
+            try:
+                if self.local is not None:
+                    self.local.close()
+            finally:
+                if self.scratch:
+                    import shutil
+
+                    shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> "Cluster":
         return self
@@ -342,7 +355,8 @@ class Cluster:
             for item in task:
                 need[item[0]] = need.get(item[0], 0) + 1
         # Submitted now, so the workers start while the caller does other work.
-        futures = [self.client.submit(fn, task, *args, pure=False) for task in tasks]
+        futures = self.client.map(fn, tasks, *[[a] * len(tasks) for a in args], pure=False) \
+            if tasks else []
         return self._collect(futures, tasks, need, on_task)
 
     def _collect(self, futures: list, tasks: list[list], need: dict,
@@ -408,7 +422,7 @@ def iter_stats(cluster: Cluster, ckpt, keys: list[str], *, record: Callable,
     plans, items = {}, []
     for i, key in enumerate(keys):
         entry = ckpt.entries.get(key)
-        if entry is None or not is_numeric(entry.dtype) or not ckpt.plan(key).streamable:
+        if entry is None or not is_numeric(entry.dtype) or not streamed(ckpt, key):
             continue
         ranges = tensor_ranges(ckpt, key, BLOCK * _itemsize(ckpt, key), cluster.task_bytes)
         if not ranges:
@@ -463,7 +477,7 @@ def _pair_items(ckpt_a, ckpt_b, pairs: list[tuple], task_bytes: int) -> tuple[di
     ranges_b)}`` and the items for :func:`pair_task`."""
     plans, items = {}, []
     for slot, key_a, key_b in pairs:
-        if not (ckpt_a.plan(key_a).streamable and ckpt_b.plan(key_b).streamable):
+        if not (streamed(ckpt_a, key_a) and streamed(ckpt_b, key_b)):
             continue
         itemsize = _itemsize(ckpt_b, key_b)
         align = math.lcm(_chunk_step(ckpt_a, itemsize), BLOCK * itemsize)
@@ -515,7 +529,7 @@ def transitions(cluster: Cluster, prev, curr, pairs: list[tuple]) -> dict:
     for slot, p, key in pairs:
         if p is None:
             ranges = tensor_ranges(curr, key, BLOCK * _itemsize(curr, key), cluster.task_bytes) \
-                if curr.plan(key).streamable else None
+                if streamed(curr, key) else None
             if ranges:
                 alone[slot] = ranges
                 alone_items += [(slot, j, r, 0) for j, r in enumerate(ranges)]
@@ -568,6 +582,7 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: give a number of worker processes, 1 or more")
     try:
+        import dask
         import distributed
     except ImportError:
         raise UserError("Dask is not installed: pip install 'dask[distributed]' (see "
@@ -581,16 +596,39 @@ def open_cluster(scheduler: str | None = None, workers: int | None = None,
             raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(exc)}; "
                             "start one (`dask scheduler`, then `dask worker ADDRESS` on each "
                             "machine) or use --workers N") from None
+        try:  # tasks would wait for ever on a scheduler without workers
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError):
+            client.close()
+            raise UserError(f"the Dask scheduler at {scheduler} has no workers: start some "
+                            f"(`dask worker {scheduler}` on each machine) or use --workers N") \
+                from None
         return Cluster(client, task_bytes=task_bytes)
-    local = distributed.LocalCluster(
-        n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.CRITICAL)
+    import shutil
+    import tempfile
+
+    # Dask's workers keep a scratch folder (spilled data, locks): ours, removed on close,
+    # rather than a dask-scratch-space left behind in the temporary folder.
+    scratch = tempfile.mkdtemp(prefix="tpuckpt-dask-")
+    try:
+        with dask.config.set({"temporary-directory": scratch}):  # the scheduler's, too
+            local = distributed.LocalCluster(
+                n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+                local_directory=scratch,
+                dashboard_address=None, silence_logs=logging.CRITICAL,
+                # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
+                # port of the loopback, not 8787 (where a user's own cluster may be).
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         client = distributed.Client(local, set_as_default=False)
     except BaseException:
         local.close()
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return Cluster(client, local, task_bytes)
+    return Cluster(client, local, task_bytes, scratch)
 
 
 @contextlib.contextmanager

@@ -450,8 +450,10 @@ def run_inference_here(path: str, model: str | None = None, tags=None,
     if source.kind == "saved_model":
         return run_saved_model(source.path, tags, signature, inputs, device, batch, fill,
                                allow_unsafe, repeats, files=files)
-    return restore_and_run(resolve_prefix(source.path), model, inputs, device, batch, fill,
-                           repeats, files=files)
+    prefix = resolve_prefix(source.path)
+    if model is None and prefix.lower().endswith(".keras"):
+        model = prefix  # a .keras archive holds its model: it runs itself (safe_mode=True)
+    return restore_and_run(prefix, model, inputs, device, batch, fill, repeats, files=files)
 
 
 def run_pair(path_a: str, path_b: str, model: str | None = None, inputs=None,

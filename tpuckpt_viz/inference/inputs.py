@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from tpuckpt_viz.checkpoint import storage
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.inference.savedmodel import fmt_shape
 from tpuckpt_viz.tfcompat import tf
@@ -221,13 +222,12 @@ def _read_file_value(path: str, dtype: str, name: str):
     gfile = tf().io.gfile
     if not gfile.exists(path):
         raise UserError(f"input {name!r}: file {path} not found")
-    size = gfile.stat(path).length
-    if size > limit_bytes():
-        raise UserError(f"input {name!r}: {path} is {human_size(size)}, over the "
-                        f"{limit_bytes() >> 20} MB limit (TPUCKPT_UPLOAD_MB): raise it for "
-                        "larger inputs")
-    with gfile.GFile(path, "rb") as f:
-        data = f.read(limit_bytes() + 1)
+    with storage.open_input(path) as f:  # a regular file only: a named pipe never ends
+        if f.size > limit_bytes():
+            raise UserError(f"input {name!r}: {path} is {human_size(f.size)}, over the "
+                            f"{limit_bytes() >> 20} MB limit (TPUCKPT_UPLOAD_MB): raise it "
+                            "for larger inputs")
+        data = storage.read_range(f, 0, f.size)
     return read_array_bytes(data, path, name, dtype)
 
 
@@ -390,6 +390,7 @@ def make_examples(features: Mapping[str, Any], dtypes: Mapping[str, str] | None 
     "int64", "string"; see ``example_features``) picks the feature's list type; without
     it the Python values decide (floats -> float_list, ints -> int64_list, text -> bytes_list).
     """
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.example import example_pb2
 
     columns = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v])

@@ -214,6 +214,12 @@ def walk_nodes(mg, signature: str, include_init: bool = True) -> list[Reached]:
         if mg.saver_def.restore_op_name:
             stack.append((_node_name(mg.saver_def.restore_op_name), RESTORE_ORIGIN))
         func_stack += [(f, origin, {}) for f, origin in _init_functions(mg)]
+    # The loader feeds the SavedModel's variables/ path into the saver's filename tensor.
+    # Its assets' paths go into their tensors the same way.
+    fed = {name: "asset" for name in _asset_tensors(mg)}
+    fed.update({name: "asset" for name in _asset_variable_reads(mg, set(fed), nodes)})
+    if mg.saver_def.filename_tensor_name:
+        fed[_node_name(mg.saver_def.filename_tensor_name)] = "saver_filename"
     found: list[Reached] = []
     seen: set[tuple[str, bool]] = set()  # the restore op's reads are judged on their own
     while stack:
@@ -223,9 +229,10 @@ def walk_nodes(mg, signature: str, include_init: bool = True) -> list[Reached]:
             continue
         seen.add(key)
         node = nodes[name]
-        found.append(Reached(node, None, origin))
+        found.append(Reached(node, None, origin, fed))
         stack += [(_node_name(i), origin) for i in node.input]
-        func_stack += [(f, origin, {}) for f in _called_functions(node, functions)]
+        func_stack += [(f, origin, _passed_args(node, f, functions, fed))
+                       for f in _called_functions(node, functions)]
     seen_funcs: set[tuple] = set()
     while func_stack:
         fname, origin, passed = func_stack.pop()
@@ -253,6 +260,27 @@ def _passed_args(node, callee: str, functions, args: Mapping[str, str]) -> dict[
     return {p: args[_node_name(i)] for p, i in zip(params, inputs) if _node_name(i) in args}
 
 
+def _source(ref: str, scope: Mapping[str, Any]) -> str:
+    """The node (or function argument) that ``ref`` comes from, through Identity nodes."""
+    name = _node_name(ref)
+    for _ in range(8):
+        node = scope.get(name)
+        if node is None or node.op != "Identity" or not node.input:
+            return name
+        name = _node_name(node.input[0])
+    return name
+
+
+def _restores_own_variables(r: Reached, top: Mapping[str, Any]) -> bool:
+    """Whether restore op ``r`` reads the checkpoint whose path the loader feeds (the
+    SavedModel's own variables/), not a path of its own."""
+    refs = [i for i in r.node.input if not i.startswith("^")]
+    if not refs:
+        return False
+    scope = top if r.fdef is None else {n.name: n for n in r.fdef.node_def}
+    return r.args.get(_source(refs[0], scope)) == "saver_filename"
+
+
 def _const_value(node) -> str | None:
     if node is None or node.op != "Const":
         return None
@@ -275,42 +303,61 @@ def _inside_assets(value: str | None, model_dir: str | None) -> bool:
     return os.path.realpath(value).startswith(assets + os.sep)
 
 
-def _reads_own_asset(mg, r: Reached, model_dir: str | None) -> bool:
-    """Whether table initializer ``r`` reads one of the SavedModel's own assets."""
+def _asset_tensors(mg) -> set[str]:
+    """The graph nodes whose value the TF1 loader sets to an asset's path: ``asset_file_def``,
+    or the older ``saved_model_assets`` collection."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    names = {_node_name(a.tensor_info.name) for a in mg.asset_file_def}
+    if "saved_model_assets" in mg.collection_def:
+        for item in mg.collection_def["saved_model_assets"].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            if item.Unpack(asset):
+                names.add(_node_name(asset.tensor_info.name))
+    return names
+
+
+def _asset_variable_reads(mg, assets: set[str], nodes: Mapping[str, Any]) -> list[str]:
+    """ReadVariableOp nodes of variables that hold an asset's path and nothing else (TF2
+    exports keep asset paths in variables assigned from the asset tensors at load time)."""
+    values: dict[str, set[bool]] = {}
+    for node in mg.graph_def.node:
+        if node.op == "AssignVariableOp" and len(node.input) >= 2:
+            handle = _source(node.input[0], nodes)
+            values.setdefault(handle, set()).add(_source(node.input[1], nodes) in assets)
+    held = {h for h, kinds in values.items() if kinds == {True}}
+    return [n.name for n in mg.graph_def.node
+            if n.op == "ReadVariableOp" and n.input and _source(n.input[0], nodes) in held]
+
+
+def _reads_own_asset(r: Reached, top: Mapping[str, Any], model_dir: str | None) -> bool:
+    """Whether table initializer ``r`` reads one of the SavedModel's own assets: a path the
+    loader feeds from assets/ (an asset tensor, a function argument bound to an asset), or a
+    constant path inside the SavedModel's assets/ folder."""
     refs = [i for i in r.node.input if not i.startswith("^")]
     if len(refs) < 2:
         return False
-    top = {n.name: n for n in mg.graph_def.node}
-    source = _node_name(refs[1])
-    if r.fdef is None:
-        assets = {_node_name(a.tensor_info.name) for a in mg.asset_file_def}
-        for _ in range(8):  # through Identity chains
-            if source in assets:
-                return True
-            node = top.get(source)
-            if node is None or node.op != "Identity" or not node.input:
-                break
-            source = _node_name(node.input[0])
-        return _inside_assets(_const_value(top.get(source)), model_dir)
+    scope = top if r.fdef is None else {n.name: n for n in r.fdef.node_def}
+    source = _source(refs[1], scope)
     binding = r.args.get(source)
     if binding == "asset":
         return True
     if binding and binding.startswith("const:"):
         return _inside_assets(_const_value(top.get(binding[len("const:"):])), model_dir)
-    local = {n.name: n for n in r.fdef.node_def}
-    return _inside_assets(_const_value(local.get(source)), model_dir)
+    return _inside_assets(_const_value(scope.get(source)), model_dir)
 
 
 def unsafe_nodes(mg, signature: str, model_dir: str | None = None) -> list[Reached]:
     """The reached nodes (see :func:`walk_nodes`) that touch files or call Python."""
     bad = []
+    top = {n.name: n for n in mg.graph_def.node}
     for r in walk_nodes(mg, signature):
         op = r.node.op
-        if op in _RESTORE_OPS and r.origin == RESTORE_ORIGIN:
+        if op in _RESTORE_OPS and r.origin == RESTORE_ORIGIN and _restores_own_variables(r, top):
             continue  # reads the SavedModel's variables/, whose path the loader feeds
         if op in UNSAFE_OPS:
             bad.append(r)
-        elif op in TABLE_FILE_OPS and not _reads_own_asset(mg, r, model_dir):
+        elif op in TABLE_FILE_OPS and not _reads_own_asset(r, top, model_dir):
             bad.append(r)
         elif op in _PROTO_OPS and r.node.attr["descriptor_source"].s not in (b"", b"local://"):
             bad.append(r)

@@ -148,6 +148,7 @@ def restore_report(prefix: str, model) -> tuple[dict, str | None]:
     at the root (Keras 2 ``save_weights``); the candidate that matches most variables wins.
     Attach name "" means the root itself; None: nothing matched.
     """
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     try:
@@ -233,6 +234,29 @@ def model_args(model, arrays: Mapping[str, np.ndarray], spec: str):
     return dict(arrays)
 
 
+def is_keras_file(path: str) -> bool:
+    """Whether ``path`` is a Keras weights file (``.weights.h5``, ``.keras``, ``.h5``)."""
+    from tpuckpt_viz.checkpoint.paths import KERAS_SUFFIXES
+
+    return str(path).lower().endswith(KERAS_SUFFIXES)
+
+
+def restore_keras_file(path: str, spec: str, model) -> dict:
+    """Restore a Keras weights file into ``model`` with Keras's own ``load_weights`` (a
+    ``.keras`` run by itself was loaded whole by its builder: nothing to restore). Returns the
+    restore report; a file that does not fit the model raises UserError."""
+    weights = list(model.weights)
+    same = os.path.realpath(os.fspath(path)) == os.path.realpath(os.fspath(spec))
+    if not same:
+        try:
+            model.load_weights(os.fspath(path))
+        except Exception as exc:  # noqa: BLE001 - layout or shapes that do not fit
+            raise UserError(f"cannot restore {path} into the model from {spec}: "
+                            f"{first_line(exc)}: is --model the builder that wrote it?")
+    return {"status": "ok", "matched": len(weights), "unmatched_model": [],
+            "unused_checkpoint": []}
+
+
 class RestoredModel:
     """The builder's model restored from one checkpoint on one device (loaded lazily, once)."""
 
@@ -271,18 +295,22 @@ class RestoredModel:
             if not model.variables:
                 raise UserError(f"the model from {self.spec} has no variables until it is "
                                 "called: pass --input values so it can be built")
-            report, attach = restore_report(self.prefix, model)
-            if attach is None:
-                raise UserError(
-                    f"checkpoint {self.prefix} matched none of the model's "
-                    f"{len(model.variables)} variables: is --model the builder that wrote it? "
-                    f"(builder: {self.spec})")
-            ckpt = t.train.Checkpoint(root=model) if attach == "" else \
-                t.train.Checkpoint(**{attach: model})
-            try:
-                ckpt.read(self.prefix, options=checkpoint_options(choice)).expect_partial()
-            except Exception as exc:  # noqa: BLE001 - dtype mismatches, unreadable shards
-                raise UserError(f"cannot restore {self.prefix} into the model: {first_line(exc)}")
+            if is_keras_file(self.prefix):
+                report = restore_keras_file(self.prefix, self.spec, model)
+            else:
+                report, attach = restore_report(self.prefix, model)
+                if attach is None:
+                    raise UserError(
+                        f"checkpoint {self.prefix} matched none of the model's "
+                        f"{len(model.variables)} variables: is --model the builder that wrote "
+                        f"it? (builder: {self.spec})")
+                ckpt = t.train.Checkpoint(root=model) if attach == "" else \
+                    t.train.Checkpoint(**{attach: model})
+                try:
+                    ckpt.read(self.prefix, options=checkpoint_options(choice)).expect_partial()
+                except Exception as exc:  # noqa: BLE001 - dtype mismatches, unreadable shards
+                    raise UserError(f"cannot restore {self.prefix} into the model: "
+                                    f"{first_line(exc)}")
             self.specs = model_input_specs(model)
             self.output_names = list(getattr(model, "output_names", None) or [])
 

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tpuckpt_viz.checkpoint import storage
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
 
@@ -119,6 +120,7 @@ def clear_cache() -> None:
 def read_saved_model(path: str):
     """The ``SavedModel`` proto of folder ``path`` (cached while the file is unchanged)."""
     from google.protobuf import text_format
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import saved_model_pb2
 
     gfile = tf().io.gfile
@@ -141,12 +143,13 @@ def read_saved_model(path: str):
             return _PROTO_CACHE[key]
     proto = saved_model_pb2.SavedModel()
     try:
-        with gfile.GFile(file, "rb") as f:
-            data = f.read()
+        data = storage.read_all(file)  # a regular file only: a named pipe would never end
         if file.endswith(".pbtxt"):
             text_format.Parse(data.decode("utf-8"), proto)
         else:
             proto.ParseFromString(data)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
         raise UserError(f"cannot parse {file}: {first_line(exc)}: is the SavedModel complete?")
     with _PROTO_LOCK:

@@ -87,6 +87,9 @@ except Exception as exc:  # a bad regular expression: say so, and change nothing
     f4.error(f"bad name pattern: {exc}: fix the regular expression")
     shown = views.filter_table(table, kinds, layers, dtypes, "")
 
+# Model variables first (weights, biases, ...), then slots and state; by name within a kind.
+shown = shown.assign(_rank=shown["kind"].map({k: i for i, k in enumerate(KINDS)})).sort_values(
+    ["_rank", "name"], kind="stable").drop(columns="_rank")
 # Keyed by the filters: a row selected under other filters must not pick a row of this table.
 table_key = "var_table_" + str(abs(hash((tuple(kinds), tuple(layers), tuple(dtypes),
                                          pattern if len(shown) else ""))))
@@ -114,7 +117,7 @@ if st.session_state.get("tensor") not in names:
                                   next((n for n in preferred if n in names), names[0]))
 name = st.selectbox("Tensor", names, key="tensor")
 st.session_state["_tensor"] = name  # kept across pages (the widget's own state is not)
-sync_url(tensor=name)
+sync_url(tensor=name, a=None, b=None, run=None)  # only what this page shows
 row = table[table["name"] == name].iloc[0]
 
 st.subheader(name)
@@ -137,8 +140,9 @@ def _render_stats(view, title: str, column, label: str | None = None) -> None:
     if len(view.counts):
         note = (f"all {view.finite:,} finite values" if view.sampled >= view.finite
                 else f"sampled {view.sampled:,} of {view.finite:,} finite values")
+        # The name is the heading above: a title holds only what fits half a page.
         column.plotly_chart(charts.histogram(view.counts, view.edges,
-                                             f"{label or title}: histogram ({note})"),
+                                             f"{label + ': ' if label else ''}histogram ({note})"),
                             width="stretch", key=f"hist_{title}")
 
 

@@ -145,13 +145,15 @@ with two:
                 st.caption(f"A = {_describe(ckpt_a.prefix)} · B = {_describe(ckpt_b.prefix)}")
         except Exception as exc:
             show_error(exc)
-    sync_url(ckpt=current, a=path_a.strip(), b=path_b.strip(), run=run_dir)
+    sync_url(ckpt=current, a=path_a.strip(), b=path_b.strip(), run=run_dir, tensor=None)
     if table is not None:
         # The object graph is not a variable: out of the page's counts and tables.
         table = table[(table["key_a"] != OBJECT_GRAPH_KEY) & (table["key_b"] != OBJECT_GRAPH_KEY)]
         f1, f2, f3 = st.columns([1, 1, 1])
-        show_all = f1.checkbox("Include optimizer slots and state, counters, metrics and "
-                               "other entries", key="cmp_slots")
+        show_all = f1.checkbox("Include slots, counters, other", key="cmp_slots",
+                               help="Optimizer slots and state, counters, metrics and other "
+                                    "entries are left out of the counts, table and charts "
+                                    "unless ticked")
         kinds = f2.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])],
                                key="cmp_kind")
         layers = f3.multiselect("Layer", sorted(table["layer"].dropna().unique()),
@@ -236,9 +238,9 @@ with whole:
     r3.button("Refresh", key="run_refresh", help="Pick up checkpoints saved since")
     steps = None
     if len(prefixes) <= 1:
-        run_summary.info(f"Run `{run_dir}` holds one checkpoint ({_describe(resolved.prefix)}): "
-                         "a run view needs at least two. Open a folder with several "
-                         "checkpoints, or save another one.")
+        st.info(f"Run `{run_dir}` holds one checkpoint ({_describe(resolved.prefix)}): "
+                "a run view needs at least two. Open a folder with several checkpoints, or "
+                "save another one.")
     else:
         try:
             members = tuple(run_members(run_dir))

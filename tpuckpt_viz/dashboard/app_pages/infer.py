@@ -33,7 +33,7 @@ JSON, UPLOAD, FORM, GENERATED_EXAMPLES = ("JSON", "upload .npy/.npz/.csv", "tf.E
 
 st.title("Quick test inference")
 path = pick_path("SavedModel folder, checkpoint or training run", "infer_path")
-sync_url(ckpt=path)
+sync_url(ckpt=path, a=None, b=None, run=None, tensor=None)
 
 
 def _allowed(path: str) -> bool:
