@@ -104,6 +104,9 @@ st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(i
 
 # The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME).
 names = list(shown["name"]) or list(table["name"])
+if not names:  # a checkpoint with no variables (a SavedModel's empty variables/, say)
+    st.info("This checkpoint holds no variables.")
+    st.stop()
 selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
 if selected_rows and selected_rows[0] < len(shown):
     picked = shown.iloc[selected_rows[0]]["name"]
