@@ -75,6 +75,11 @@ if tree is not None and len(tree):
         st.plotly_chart(charts.object_tree_chart(tree), width="stretch", key="object_tree")
         st.code(views.tree_text(tree), language=None)
 
+if not len(table):  # only the object graph: nothing to list or pick
+    st.info(f"`{ckpt.prefix}` holds no variables, only its object graph: open a checkpoint "
+            "that holds the model's weights.")
+    st.stop()
+
 st.subheader("Variables")
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
 kinds = f1.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])], key="f_kind")
