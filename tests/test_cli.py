@@ -316,6 +316,19 @@ def test_table_wraps_to_width_and_cuts_nothing():
     assert "".join(ln.split()[-1] for ln in lines[2:]) == key
 
 
+def test_numbers_and_short_words_are_not_folded_when_they_fit():
+    from tpuckpt_viz.cli.output import write
+
+    records = [{"name": "encoder/layer_" + "x" * 60, "kind": "weight", "l2": 123.456789,
+                "key": "k/" * 40}]
+    buf = io.StringIO()
+    write(records, "table", ["name", "kind", "l2", "key"], buf, width=60)
+    lines = buf.getvalue().splitlines()
+    assert max(len(ln) for ln in lines) <= 60
+    assert "weight" in lines[2].split() and "123.457" in lines[2].split()
+    assert not any("123.457" in ln for ln in lines[3:])
+
+
 def test_table_to_a_pipe_keeps_each_row_on_one_line():
     from tpuckpt_viz.cli.output import write
 

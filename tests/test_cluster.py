@@ -239,7 +239,7 @@ def test_a_worker_killed_mid_run(big_run, cluster):
     local = stats_of(ckpt)
     client = cluster.client
     pids = client.run(os.getpid)
-    victim = sorted(pids.values())[0]
+    victim = min(pids.values())
     killed = []
 
     def progress(done, total, label, nbytes):
@@ -337,7 +337,9 @@ def test_cli_scheduler_setting(shared, cluster, capsys, monkeypatch):
     assert main(["stats", path, "--format", "json"]) == 0
     expected = capsys.readouterr().out
     monkeypatch.setenv("TPUCKPT_SCHEDULER", cluster.address)
-    counter = lambda dask_scheduler: dask_scheduler.transition_counter  # noqa: E731
+    def counter(dask_scheduler):
+        return dask_scheduler.transition_counter
+
     before = cluster.client.run_on_scheduler(counter)
     assert main(["stats", path, "--format", "json"]) == 0
     assert capsys.readouterr().out == expected
@@ -356,7 +358,9 @@ def test_compare_page_on_the_cluster(app_env, cluster, monkeypatch):
     clear_caches()
     diff._transition_cache.clear()
     monkeypatch.setenv("TPUCKPT_SCHEDULER", cluster.address)
-    counter = lambda dask_scheduler: dask_scheduler.transition_counter  # noqa: E731
+    def counter(dask_scheduler):
+        return dask_scheduler.transition_counter
+
     before = cluster.client.run_on_scheduler(counter)
     try:
         remote = tables(open_app(COMPARE))
@@ -377,7 +381,7 @@ def test_cluster_benchmark_runs(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--cluster",
                           "--quick"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         env=env)
+                         env=env, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     for name in ("in_process", "workers_1", "workers_2"):

@@ -178,6 +178,17 @@ def test_chunks_are_slices_and_bounded(keras3_run):
     assert [c.size for c in chunks] == [8, 8]
     np.testing.assert_array_equal(np.concatenate(chunks), ckpt.read(key).reshape(-1))
     assert ckpt.format == "keras" and ckpt.signature
+    # A plain .weights.h5 dataset is streamed like a bundle shard: its byte range in the file.
+    plan = ckpt.plan(key)
+    assert plan.streamable and plan.ranges[0].nbytes == 64
+    with open(keras3_run["weights"], "rb") as f:
+        f.seek(plan.ranges[0].offset)
+        raw = np.frombuffer(f.read(64), np.float32)
+    np.testing.assert_array_equal(raw, ckpt.read(key).reshape(-1))
+    # Inside a .keras zip: read through h5py, in slabs.
+    archive = open_checkpoint(str(keras3_run["keras"]))
+    assert not archive.plan(key).streamable
+    assert [c.size for c in archive.chunks(key, chunk_bytes=32)] == [8, 8]
 
 
 def test_steps_of_a_modelcheckpoint_run(capsys, keras3_run):

@@ -144,12 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Address of a Dask scheduler (tcp://host:8786): stats, diff, steps and Compare "
             "read on its workers, which must see the checkpoints at the same paths (a shared "
             "disk, or gs://). Default: none (in-process).", metavar="ADDRESS",
-            commands=("serve", "stats", "diff", "steps")),
+            commands=("stats", "diff", "steps", "serve")),
     Setting("workers", "", "TPUCKPT_WORKERS", "--workers",
             "Start a local Dask cluster of this many worker processes for stats, diff, steps "
             "and Compare, shut down with the command or the server. Default: none "
             "(in-process).", kind="int", minimum=1, metavar="N",
-            commands=("serve", "stats", "diff", "steps")),
+            commands=("stats", "diff", "steps", "serve")),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

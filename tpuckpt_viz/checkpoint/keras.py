@@ -697,12 +697,37 @@ class KerasCheckpoint:
                 h.update(block)
         return (self.prefix, h.hexdigest())
 
-    def streamable(self, key: str) -> bool:
-        return False
-
     def plan(self, key: str) -> ReadPlan:
-        """No byte ranges: the engine reads every dataset through :meth:`chunks`."""
-        return ReadPlan(key, self._check(key).shape)
+        """How to read ``key`` (:class:`tpuckpt_viz.checkpoint.shards.ReadPlan`): the byte range
+        of a contiguous, unfiltered dataset of a plain HDF5 file (the engine then streams it
+        like a bundle's shard; HDF5 keeps no checksum), else a plan without ranges: read it
+        through h5py (:meth:`chunks`). Datasets inside a ``.keras`` zip are read through h5py."""
+        from tpuckpt_viz.checkpoint.shards import Range
+
+        entry = self._check(key)
+        if self._zip is not None or entry.numel == 0 or entry.dtype == "string":
+            return ReadPlan(key, entry.shape)
+        ds = self._datasets[key]
+        try:
+            with self._lock:
+                offset = ds.id.get_offset()
+                stored = ds.id.get_storage_size()
+                plain = ds.chunks is None and ds.compression is None
+        except Exception:
+            return ReadPlan(key, entry.shape)
+        if offset is None or not plain or stored != entry.nbytes or ds.dtype.byteorder == ">":
+            return ReadPlan(key, entry.shape)
+        if entry.dtype == "bfloat16":
+            import ml_dtypes
+
+            dtype = np.dtype(ml_dtypes.bfloat16)
+        else:
+            dtype = np.dtype(ds.dtype)
+        return ReadPlan(key, entry.shape, dtype, (Range(self.prefix, int(offset),
+                                                         entry.nbytes),), None)
+
+    def streamable(self, key: str) -> bool:
+        return self.plan(key).streamable
 
     def _check(self, key: str) -> KerasEntry:
         if key not in self.entries:

@@ -46,6 +46,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+SHORT = 14  # a column whose values are all this short is never folded
+
+
 def _numeric(values: list[Any]) -> bool:
     present = [v for v in values if v is not None]
     return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -76,11 +79,20 @@ def write_table(rows: list[list[Any]], columns: list[str], out: TextIO,
                       color_system="auto" if width is None and fit else None)
     table = Table(box=box.SIMPLE_HEAD if fit else None, show_edge=False, pad_edge=False,
                   header_style="bold" if fit else None)
-    for i, column in enumerate(columns):
-        numeric = _numeric([row[i] for row in rows])
-        table.add_column(column, overflow="fold", justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*[_cell(v) for v in row])
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [_numeric([row[i] for row in rows]) for i in range(len(columns))]
+    longest = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    # Numbers and short words (kind, dtype, status) keep their width; long names, keys and
+    # paths take what is left and fold inside their cell. When even that does not fit the
+    # terminal, every column folds: whole values matter more than tidy ones.
+    keep = [n if num or n <= SHORT else None for n, num in zip(longest, numeric)]
+    if sum(k or SHORT for k in keep) + 3 * len(columns) > console.size.width:
+        keep = [None] * len(columns)
+    for column, num, width in zip(columns, numeric, keep):
+        table.add_column(column, overflow="fold", justify="right" if num else "left",
+                         min_width=width)
+    for row in cells:
+        table.add_row(*row)
     if fit:
         console.print(table)
         return

@@ -36,13 +36,16 @@ class CliProgress:
     def __call__(self, done: int, total: int, label: str = "", nbytes: int = 0) -> None:
         if not self.enabled:
             return
-        if self._progress is None:
+        opening = self._progress is None
+        if opening:
             if self.mode == "auto" and time.monotonic() - self.start < DELAY_S:
                 return
             self._open()
         self._total = total
         self._progress.update(self._task, completed=done, total=max(total, 1),
                               label=_short(label), size=_size(nbytes))
+        if opening:
+            self._progress.start()  # after the first update: its first frame has the total
 
     def _open(self) -> None:
         from rich.console import Console
@@ -59,7 +62,6 @@ class CliProgress:
             console=console, transient=self._terminal, redirect_stdout=False,
             redirect_stderr=False)
         self._task = self._progress.add_task(self.title, total=None, label="", size="")
-        self._progress.start()
 
     # -- context manager: close the line whatever happens
     def __enter__(self) -> "CliProgress":

@@ -66,18 +66,30 @@ MANY_COLORS = px.colors.qualitative.Dark24
 
 
 def short_names(names, width: int = 40) -> dict[str, str]:
-    """Readable short labels for long variable and layer names: the leading path components
-    that every name shares become ``…/``, and what is still longer than ``width`` keeps its
-    start and end around ``…``. Labels stay unique (a name keeps its full form otherwise)."""
+    """Readable short labels for long variable and layer names: the leading and trailing path
+    components that every name shares become ``…`` (``transformer/body/encoder/layer_3/
+    self_attention/output`` -> ``…/layer_3/…``), and what is still longer than ``width``
+    keeps its start and end around ``…``. Labels stay unique (a name keeps its full form
+    otherwise). Labels in parentheses (``(12 other layers)``) are kept as they are."""
     names = [str(n) for n in dict.fromkeys(names)]
-    parts = [n.split("/") for n in names]
-    common = 0
-    if len(names) > 1:
-        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-            common += 1
+    real = [n for n in names if not n.startswith("(")]
+    parts = {n: n.split("/") for n in real}
+    lead = trail = 0
+    if len(real) > 1:
+        shortest = min(len(p) for p in parts.values())
+        while lead < shortest - 1 and len({p[lead] for p in parts.values()}) == 1:
+            lead += 1
+        while (trail < shortest - lead - 1
+               and len({p[len(p) - 1 - trail] for p in parts.values()}) == 1):
+            trail += 1
     out = {}
-    for name, p in zip(names, parts):
-        label = ("…/" + "/".join(p[common:])) if common else name
+    for name in names:
+        if name.startswith("("):
+            out[name] = name
+            continue
+        p = parts[name]
+        label = "/".join(p[lead:len(p) - trail])
+        label = ("…/" if lead else "") + label + ("/…" if trail else "")
         if len(label) > width:
             keep = width - 1
             label = label[: keep // 3] + "…" + label[-(keep - keep // 3):]
@@ -86,6 +98,19 @@ def short_names(names, width: int = 40) -> dict[str, str]:
     for label in out.values():
         seen[label] = seen.get(label, 0) + 1
     return {n: (label if seen[label] == 1 else n) for n, label in out.items()}
+
+
+def tail_name(name: str, width: int = 40) -> str:
+    """One long name cut to its last components (``…/multihead_attention/q/kernel``)."""
+    if len(name) <= width:
+        return name
+    parts = name.split("/")
+    label = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(label) + len(part) + 3 > width:
+            break
+        label = f"{part}/{label}"
+    return "…/" + label if len(label) + 2 <= width else "…" + label[-(width - 1):]
 
 
 def heatmap(array: np.ndarray, title: str, diverging: bool = False,
@@ -182,9 +207,12 @@ def _run_axis(steps: pd.DataFrame) -> list[str]:
     return [str(v) for v in (order["label"] if "label" in order else order["step"])]
 
 
-def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12) -> go.Figure:
+def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12,
+                mark: str | None = None) -> go.Figure:
     """One line per layer over the run's steps (``value``: l2 or update_ratio): the ``top``
-    layers with the largest values, distinct colours, the legend under the plot."""
+    layers with the largest values, distinct colours, the legend under the plot. ``mark``:
+    the step label of the first NaN/Inf, drawn as a red dashed line (NaN values have no
+    point of their own)."""
     axis = _run_axis(steps)
     df = steps.dropna(subset=[value]).copy()
     df["layer"] = df["layer"].fillna(df["name"])
@@ -201,6 +229,11 @@ def steps_lines(steps: pd.DataFrame, value: str, title: str, top: int = 12) -> g
                   category_orders={"x": axis, "short": [labels[n] for n in kept]},
                   labels={"x": "step", "short": "layer"})
     fig.update_xaxes(type="category")
+    if mark is not None and mark in axis:
+        fig.add_shape(type="line", x0=mark, x1=mark, xref="x", y0=0, y1=1, yref="paper",
+                      line=dict(color="red", dash="dash"))
+        fig.add_annotation(x=mark, y=1, xref="x", yref="paper", text="first NaN/Inf",
+                           showarrow=False, font=dict(color="red"), yanchor="bottom")
     fig.update_layout(height=420 + 20 * ((len(kept) + 2) // 3), margin=dict(t=40, l=5, r=5, b=5),
                       legend=BELOW)
     return fig

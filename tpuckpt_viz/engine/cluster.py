@@ -28,8 +28,8 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -336,7 +336,7 @@ class Cluster:
 
                     shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -448,7 +448,7 @@ def iter_stats(cluster: Cluster, ckpt, keys: list[str], *, record: Callable,
     try:
         for i, key in enumerate(keys):
             if i in plans:
-                slot, parts = next(results)
+                _, parts = next(results)
                 ranges, every = plans[i]
                 acc = Accumulator(sample_every=every)
                 for blocks, _ in parts:

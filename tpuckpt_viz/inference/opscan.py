@@ -306,6 +306,7 @@ def _inside_assets(value: str | None, model_dir: str | None) -> bool:
 def _asset_tensors(mg) -> set[str]:
     """The graph nodes whose value the TF1 loader sets to an asset's path: ``asset_file_def``,
     or the older ``saved_model_assets`` collection."""
+    tf()  # quiet import first: the protos alone print TF's banner
     from tensorflow.core.protobuf import meta_graph_pb2
 
     names = {_node_name(a.tensor_info.name) for a in mg.asset_file_def}

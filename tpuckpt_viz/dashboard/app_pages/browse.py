@@ -76,8 +76,9 @@ if tree is not None and len(tree):
         st.code(views.tree_text(tree), language=None)
 
 if not len(table):  # only the object graph: nothing to list or pick
-    st.info(f"`{ckpt.prefix}` holds no variables, only its object graph: open a checkpoint "
-            "that holds the model's weights.")
+    st.info(f"`{ckpt.prefix}` holds no variables"
+            + (", only its object graph (above)" if tree is not None and len(tree) else "")
+            + ": open a checkpoint that holds the model's weights.")
     st.stop()
 
 st.subheader("Variables")

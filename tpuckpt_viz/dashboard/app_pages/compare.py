@@ -200,14 +200,15 @@ with two:
                 pv = _pair_view(ckpt_a.signature, ckpt_b.signature, ckpt_a.prefix,
                                 row["key_a"], ckpt_b.prefix, row["key_b"])
                 h1, h2 = st.columns(2)
-                h1.plotly_chart(charts.overlaid_histograms(pv.sample_a, pv.sample_b,
-                                                           f"{pick}: A and B"),
+                h1.plotly_chart(charts.overlaid_histograms(
+                    pv.sample_a, pv.sample_b, f"{charts.tail_name(pick, 36)}: A and B"),
                                 width="stretch", key="overlay")
                 if pv.delta_heat is not None:
                     rows_title, cols_title, note = views.heat_axes(row["shape_a"],
                                                                    pv.delta_strides)
                     h2.plotly_chart(charts.heatmap(
-                        pv.delta_heat, f"{pick}: B - A" + (f" ({note})" if note else ""),
+                        pv.delta_heat, f"{charts.tail_name(pick, 36)}: B - A"
+                        + (f" ({note})" if note else ""),
                         diverging=True, bad=pv.delta_bad, axes=(rows_title, cols_title)),
                         width="stretch", key="delta_heat")
             except Exception as exc:
@@ -265,11 +266,12 @@ with whole:
                                 f"({steps['name'].nunique()} variables); norms and update "
                                 "ratios in the Whole run tab.")
         c1, c2 = st.columns(2)
-        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer"), width="stretch",
-                        key="l2_lines")
+        mark = bad["label"] if bad else None
+        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer (finite values)",
+                                           mark=mark), width="stretch", key="l2_lines")
         if steps["update_ratio"].notna().any():
-            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer"),
-                            width="stretch", key="ratio_lines")
+            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer",
+                                               mark=mark), width="stretch", key="ratio_lines")
             st.plotly_chart(charts.update_heatmap(steps), width="stretch", key="ratio_heat")
         columns = ["label", "step", "name", "kind", "layer", "l2", "delta_l2", "update_ratio",
                    "nan", "inf"]
