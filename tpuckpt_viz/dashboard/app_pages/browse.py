@@ -75,7 +75,7 @@ if tree is not None and len(tree):
         st.plotly_chart(charts.object_tree_chart(tree), width="stretch", key="object_tree")
         st.code(views.tree_text(tree), language=None)
 
-if not len(table):  # only the object graph: nothing to list or pick
+if not len(table):  # the object graph alone, or nothing: no variable to list or pick
     st.info(f"`{ckpt.prefix}` holds no variables"
             + (", only its object graph (above)" if tree is not None and len(tree) else "")
             + ": open a checkpoint that holds the model's weights.")
