@@ -75,6 +75,12 @@ if tree is not None and len(tree):
         st.plotly_chart(charts.object_tree_chart(tree), width="stretch", key="object_tree")
         st.code(views.tree_text(tree), language=None)
 
+if not len(table):  # the object graph alone, or nothing: no variable to list or pick
+    st.info(f"`{ckpt.prefix}` holds no variables"
+            + (", only its object graph (above)" if tree is not None and len(tree) else "")
+            + ": open a checkpoint that holds the model's weights.")
+    st.stop()
+
 st.subheader("Variables")
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
 kinds = f1.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])], key="f_kind")
@@ -104,9 +110,6 @@ st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(i
 
 # The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME).
 names = list(shown["name"]) or list(table["name"])
-if not names:  # a checkpoint with no variables (a SavedModel's empty variables/, say)
-    st.info("This checkpoint holds no variables.")
-    st.stop()
 selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
 if selected_rows and selected_rows[0] < len(shown):
     picked = shown.iloc[selected_rows[0]]["name"]
