@@ -17,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -130,12 +132,43 @@ def test_diff_and_steps_of_real_runs(shared, cluster):
     assert_same(diff.diff_checkpoints(t2t, t2t), diff.diff_checkpoints(t2t, t2t, cluster=cluster))
 
 
-def test_workers_import_no_tensorflow(shared, cluster):
-    ckpt = open_checkpoint(str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1"))
-    stats_of(ckpt, cluster)
-    seen = cluster.client.run(lambda: sorted(m for m in sys.modules if m.split(".")[0] in (
-        "tensorflow", "pandas", "streamlit")))
-    assert len(seen) == 2 and all(v == [] for v in seen.values()), seen
+def test_workers_import_no_tensorflow(shared):
+    """As the CLI runs it: a fresh process (no TensorFlow, pandas or Streamlit imported, unlike
+    this test session) starts a local cluster, reads a bundle's statistics on it, and asks each
+    worker what it imported."""
+    code = textwrap.dedent('''
+        import json, sys
+        from tpuckpt_viz.checkpoint.reader import open_checkpoint
+        from tpuckpt_viz.checkpoint.records import list_records
+        from tpuckpt_viz.engine import cluster as engine
+        from tpuckpt_viz.engine.stats import iter_stats
+
+        def heavy():
+            return sorted(m for m in sys.modules
+                          if m.split(".")[0] in ("tensorflow", "pandas", "streamlit"))
+
+        if __name__ == "__main__":
+            c = engine.open_cluster(workers=2)
+            try:
+                ckpt = open_checkpoint(sys.argv[1])
+                names = {r["key"]: r["name"] for r in list_records(ckpt)}
+                stats = list(iter_stats(ckpt, names, labels=names, cluster=c))
+                print(json.dumps({"n": len(stats), "workers": c.client.run(heavy),
+                                  "client": heavy()}))
+            finally:
+                c.close()
+    ''')
+    script = Path(tempfile.mkdtemp()) / "workers_imports.py"
+    script.write_text(code)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, str(script),
+                           str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1")],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["n"] > 0
+    assert len(got["workers"]) == 2 and all(v == [] for v in got["workers"].values()), got
+    assert got["client"] == [], got
 
 
 # ------------------------------------------------------------------------ a generated run

@@ -201,12 +201,21 @@ def test_unanswered_connection_times_out(capsys, monkeypatch, gcs):
 # -- TensorFlow's own gs:// for SavedModels (through the CONNECT proxy) ------------------
 
 def test_infer_saved_model_on_gs(capsys, monkeypatch, gcs, bucket):
+    from tpuckpt_viz import sandbox
+
     for key, value in gcs.tf_env.items():
         monkeypatch.setenv(key, value)
-    url, local = bucket["model"]
-    args = ["--input", "x=[[1],[2],[5]]", "--device", "cpu"]
-    got = run_json(capsys, "infer", url, *args)
-    want = run_json(capsys, "infer", local, *args)
+    # TensorFlow runs models in the worker process, which reads its GCS settings (the proxy,
+    # the test CA) from its environment once: start a fresh one with them, and stop it after
+    # so that later tests get a worker without them.
+    sandbox.stop_all()
+    try:
+        url, local = bucket["model"]
+        args = ["--input", "x=[[1],[2],[5]]", "--device", "cpu"]
+        got = run_json(capsys, "infer", url, *args)
+        want = run_json(capsys, "infer", local, *args)
+    finally:
+        sandbox.stop_all()
     assert got["outputs"] == want["outputs"]
     assert np.allclose(np.ravel(got["outputs"]["y"]), [2.5, 3.0, 4.5])
 
