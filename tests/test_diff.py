@@ -7,7 +7,6 @@ demo run, whose raw keys change between steps while the readable names stay.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -13,7 +13,6 @@ that ``TPUCKPT_HOSTILE_REPORT`` names, for the issue's note).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil

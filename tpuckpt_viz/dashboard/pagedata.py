@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, object_path
+from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY
 from tpuckpt_viz.checkpoint.reader import Checkpoint
 from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.engine.chunks import pair_chunks

@@ -68,12 +68,13 @@ def run_members(path: str) -> list[str]:
     resolved = resolve_checkpoint(check_path(path))
     folder = resolved.run_dir or os.path.dirname(resolved.prefix)
     try:
-        return [p for p in run_checkpoints(folder) if _allowed(p)]
+        return [p for p in run_checkpoints(folder) if is_allowed(p)]
     except UserError:
         return [resolved.prefix]
 
 
-def _allowed(path: str) -> bool:
+def is_allowed(path: str) -> bool:
+    """Whether ``path`` (and every file opening it reads) lies inside the allowed roots."""
     try:
         check_path(path)
         return True

@@ -15,6 +15,7 @@ from tpuckpt_viz.dashboard import charts, inferdata
 from tpuckpt_viz.dashboard.access import check_path
 from tpuckpt_viz.checkpoint.paths import resolve_checkpoint
 from tpuckpt_viz.dashboard.app_pages.common import (
+    is_allowed,
     pick_path,
     pick_step,
     run_steps_of,
@@ -34,14 +35,6 @@ JSON, UPLOAD, FORM, GENERATED_EXAMPLES = ("JSON", "upload .npy/.npz/.csv", "tf.E
 st.title("Quick test inference")
 path = pick_path("SavedModel folder, checkpoint or training run", "infer_path")
 sync_url(ckpt=path, a=None, b=None, run=None, tensor=None)
-
-
-def _allowed(path: str) -> bool:
-    try:
-        check_path(path)
-        return True
-    except UserError:
-        return False
 
 
 def _source():
@@ -115,7 +108,7 @@ else:
         # Stop here: a Run button could only fail the same way again.
         show_error(exc)
         exports = inferdata.saved_model_exports(os.path.dirname(target))
-        allowed = [e for e in exports if _allowed(e)]
+        allowed = [e for e in exports if is_allowed(e)]
         if allowed:
             st.info("This run folder also holds a SavedModel export, which runs without a "
                     "model builder: open it instead.")
