@@ -93,13 +93,22 @@ def test_model_that_cannot_run_fails_clearly(app_env, shared):
 def test_wrong_input_shape(app_env, shared):
     at = open_page(ckpt=shared / HALF_PLUS_TWO)
     at.selectbox(key="infer_mode_serving_default_x").set_value("JSON").run()
-    at.text_area(key="infer_json_serving_default_x").set_value("[1, 2, 3]").run()
+    at.text_area(key="infer_json_serving_default_x").set_value("[[1, 2]]").run()
     click(at, "infer_run")
     assert len(at.error) == 1
     assert "float32" in errors(at) and "[-1, 1]" in errors(at)
     at.text_area(key="infer_json_serving_default_x").set_value("[[1], oops]").run()
     click(at, "infer_run")
     assert "not a JSON literal" in errors(at) and "[-1, 1]" in errors(at)
+
+
+def test_flat_list_for_a_column_input(app_env, shared):
+    """``[1, 2, 3]`` for an input declared [-1, 1] can only mean three examples of one value."""
+    at = open_page(ckpt=shared / HALF_PLUS_TWO)
+    at.selectbox(key="infer_mode_serving_default_x").set_value("JSON").run()
+    at.text_area(key="infer_json_serving_default_x").set_value("[1, 2, 5]").run()
+    click(at, "infer_run")
+    assert not at.error, errors(at)
 
 
 def test_path_outside_roots(app_env, tmp_path_factory):

@@ -652,3 +652,23 @@ def test_cli_allow_unsafe_ops_and_fill(unsafe_saved_model, tmp_path, capsys, mon
     assert cli.main(["infer", str(unsafe_saved_model), "--fill", "ones", "--batch", "2",
                      "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"]["y"] == [2.0, 2.0]
+
+
+def test_flat_list_is_a_column_only_where_declared():
+    from tpuckpt_viz.inference.inputs import parse_input_value
+
+    assert parse_input_value("[1, 2, 5]", "float32", [-1, 1]).shape == (3, 1)
+    assert parse_input_value("[1, 2, 5]", "float32", [None, 1]).shape == (3, 1)
+    assert parse_input_value("[1, 2, 5]", "float32", [-1, 3]).shape == (3,)  # not a column
+    assert parse_input_value("[1, 2, 5]", "float32", None).shape == (3,)
+    assert parse_input_value("[[1, 2]]", "float32", [-1, 1]).shape == (1, 2)  # left to TF
+
+
+def test_cli_infer_flat_list_for_a_column(shared, capsys):
+    from tpuckpt_viz.cli import commands as cli
+
+    path = shared / "serving_saved_model_half_plus_two_cpu" / "00000123"
+    assert cli.main(["infer", str(path), "--input", "x=[1, 2, 5]", "--device", "cpu",
+                     "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.ravel(out["outputs"]["y"]).tolist() == [2.5, 3.0, 4.5]

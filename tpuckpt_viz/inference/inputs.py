@@ -276,7 +276,17 @@ def parse_input_value(value, dtype: str, shape=None, *, name: str = "input",
             keys = list(dict.fromkeys(k for row in rows for k in row))
             value = {k: [row.get(k) for row in rows] for k in keys}
         return np.array(make_examples(value, spec or None), dtype=object)
-    return _convert(value, dtype, shape, name)
+    return column_if_declared(_convert(value, dtype, shape, name), shape)
+
+
+def column_if_declared(arr: np.ndarray, shape) -> np.ndarray:
+    """A flat list for an input declared ``[-1, 1]`` (a batch of one value each) as that
+    column: the only shape it can mean. Anything else is left as given."""
+    dims = list(shape) if shape is not None else None
+    if (arr.ndim == 1 and dims is not None and len(dims) == 2 and dims[1] == 1
+            and (dims[0] is None or dims[0] < 0)):
+        return arr.reshape(-1, 1)
+    return arr
 
 
 def _exists(text: str) -> bool:
