@@ -154,10 +154,21 @@ def shot(page, name: str) -> None:
 
 def select_option(page, label: str, option: str) -> None:
     """Pick ``option`` in the st.selectbox labelled ``label`` (a react-aria combobox)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.get_by_role("combobox", name=label, exact=True)
-    box.click()
-    box.fill(option)
-    page.get_by_role("option", name=option, exact=True).click()
+    for _ in range(3):
+        # A rerun that lands while the list is open (the page writing its URL, a lazy chart)
+        # redraws the box and closes the list: then open it again.
+        box.click()
+        box.fill(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            wait_idle(page)
+    raise AssertionError(f"no option {option!r} in the {label!r} box")
 
 
 def plot_titles(page) -> list[str]:

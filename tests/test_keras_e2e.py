@@ -23,6 +23,9 @@ def test_browse_and_compare_a_keras_run(server, page, keras3_run):  # noqa: F811
     shutil.copy(keras3_run["keras"], home / "model.keras")
     page.goto(server["url"] + "/?ckpt=" + quote(str(home / "model.keras")))
     wait_idle(page)
+    # A fresh server's first run can start after wait_idle's grace period: wait for the page.
+    page.get_by_text("model.keras").first.wait_for()
+    wait_idle(page)
     select_option(page, "Tensor", "hidden/kernel")
     wait_idle(page)
     page.get_by_role("heading", name="hidden/kernel").wait_for()
