@@ -47,6 +47,18 @@ def _slot_name(list_name: str) -> str:
     return name
 
 
+def _slot_lists(graph, children: dict, public: tuple[str, ...] = ()):
+    """``(list name, items)`` for each child of an optimizer that is a list of slots: a private
+    (or named ``public``) list whose items are numbered ``0``, ``1``, ..."""
+    for list_name, list_id in children.items():
+        if list_name in _NOT_SLOT_LISTS or list_name == "_index_dict" or \
+                not (list_name.startswith("_") or list_name in public):
+            continue
+        items = graph.nodes[list_id].children
+        if items and all(c.local_name.isdigit() for c in items):
+            yield list_name, items
+
+
 def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) -> None:
     """TF 2.11-2.15 Keras optimizers: slots in ``_variables`` and in lists such as
     ``_momentums``, ``_velocities``, ``_accumulators`` parallel to the trainable variables the
@@ -57,14 +69,8 @@ def _link_by_name(graph, children: dict, node_key: dict, info: ObjectGraphInfo) 
     for key, name in info.full_names.items():
         if not key.startswith("optimizer/"):
             by_name.setdefault(name, key)
-    for list_name, list_id in children.items():
-        # TF 2.11-2.15 SGD keeps its slots in a public "momentums" list.
-        if list_name in _NOT_SLOT_LISTS or list_name == "_index_dict" or \
-                not (list_name.startswith("_") or list_name == "momentums"):
-            continue
-        items = graph.nodes[list_id].children
-        if not items or not all(c.local_name.isdigit() for c in items):
-            continue
+    # TF 2.11-2.15 SGD keeps its slots in a public "momentums" list.
+    for list_name, items in _slot_lists(graph, children, public=("momentums",)):
         for child in items:
             slot_key = node_key.get(child.node_id)
             full = info.full_names.get(slot_key or "", "")
@@ -120,12 +126,7 @@ def parse(serialized: bytes) -> ObjectGraphInfo:
             continue
         trainable = {c.local_name: node_key.get(c.node_id)
                      for c in graph.nodes[children["_trainable_variables"]].children}
-        for list_name, list_id in children.items():
-            if list_name in _NOT_SLOT_LISTS or not list_name.startswith("_"):
-                continue
-            items = graph.nodes[list_id].children
-            if not items or not all(c.local_name.isdigit() for c in items):
-                continue
+        for list_name, items in _slot_lists(graph, children):
             for child in items:
                 slot_key = node_key.get(child.node_id)
                 var_key = trainable.get(child.local_name)
