@@ -14,9 +14,7 @@ import math
 import os
 import threading
 from functools import cached_property
-from typing import Iterator, NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from tpuckpt_viz import sandbox
 from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
@@ -25,6 +23,9 @@ from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
 from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
 
 
 class Entry(NamedTuple):
@@ -40,12 +41,10 @@ class Entry(NamedTuple):
     nbytes: int
 
 
-@functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(bundle_numpy_dtype(dtype)).itemsize
-    except TypeError:
-        return 0
+    """Bytes per element of a dtype name; 0 where the stored size is the truth (strings,
+    sub-byte and quantized types)."""
+    return bundle.ITEMSIZE_BY_NAME.get(dtype, 0)
 
 
 # Memoized: a listing asks for the same few dtype numbers 20,000 times.
@@ -70,6 +69,8 @@ def bundle_numpy_dtype(name: str):
         return ml_dtypes.bfloat16
     if name in ("string", "resource", "variant"):
         raise TypeError(name)
+    import numpy as np
+
     return np.dtype(name)
 
 
@@ -230,7 +231,11 @@ class Checkpoint:
             strings = bundle.read_strings(self.index, key)
             if strings is not None:  # as TensorFlow returns them: bytes, or an object array
                 shape = self.entries[key].shape
-                return strings[0] if not shape else np.array(strings, object).reshape(shape)
+                if not shape:
+                    return strings[0]
+                import numpy as np
+
+                return np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
@@ -254,6 +259,8 @@ class Checkpoint:
 
     def read(self, key: str) -> np.ndarray:
         """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        import numpy as np  # imported by the first read: a listing needs none
+
         entry = self._check(key)
         plan = self.plan(key)
         # gs:// and other fsspec URLs: every streamable tensor in one ranged request of its
@@ -277,6 +284,8 @@ class Checkpoint:
         the rest are read whole and yielded as slices of ``chunk_bytes``, so callers see one
         shape of data either way.
         """
+        import numpy as np  # imported by the first read: a listing needs none
+
         entry = self._check(key)
         chunk_bytes = chunk_bytes or self.settings.chunk_bytes
         threshold = self.settings.slice_bytes if threshold_bytes is None else threshold_bytes

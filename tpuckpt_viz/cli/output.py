@@ -16,8 +16,6 @@ import math
 import sys
 from typing import Any, Iterable, TextIO
 
-import numpy as np
-
 
 _PLAIN = frozenset((str, int, bool, type(None)))  # JSON-safe as they are
 
@@ -36,9 +34,11 @@ def clean(value: Any) -> Any:
                 for k, v in value.items()}
     if kind is list or isinstance(value, (list, tuple)):
         return [v if type(v) in _PLAIN else clean(v) for v in value]
-    if isinstance(value, np.ndarray):
+    # A numpy value exists only once numpy is loaded: a listing does not load it.
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
         return clean(value.tolist())
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return clean(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
