@@ -11,10 +11,12 @@ whatever order the tasks finished; it checks each tensor's checksum by combining
 crc32c values (:func:`crc32c_combine`).
 
 What goes to the cluster: tensors whose read plan (:meth:`Checkpoint.plan`) is one byte
-range of a file the workers can open themselves: plain numeric tensors of V2 bundles on a
-disk they share, or on gs:// (read through :mod:`tpuckpt_viz.checkpoint.storage`). Strings,
-sliced (partitioned) variables, V1 files, Keras files (no byte-range plans yet) and
-``ram://`` are read in-process, in their turn.
+range of a file the workers can open themselves, on a disk they share or on gs:// (read
+through :mod:`tpuckpt_viz.checkpoint.storage`): plain numeric tensors of V2 bundles, and the
+contiguous, uncompressed datasets of Keras HDF5 files (``.weights.h5``, ``.h5``, and a
+``.keras`` archive's stored weights member), in either byte order; those have no checksum,
+so the workers compute none for them. Strings, sliced (partitioned) variables, V1 files,
+chunked or compressed HDF5 datasets and ``ram://`` are read in-process, in their turn.
 
 :func:`connect` gives a :class:`Cluster` for ``--scheduler ADDRESS`` (an existing scheduler) or
 ``--workers N`` (a local cluster of N processes, shut down with the command), else None.
@@ -115,7 +117,8 @@ class TensorRange:
     """Bytes of one tensor in one file: ``length`` bytes at ``offset`` of ``source`` (what a
     worker opens: an absolute local path or a gs:// URL; ``path`` is the one messages show),
     starting at element ``first`` of the tensor, whose dtype is ``dtype`` (see
-    :func:`_dtype_spec`)."""
+    :func:`_dtype_spec`); ``checked``: whether the format keeps a checksum of these bytes
+    (the worker then returns their crc32c, else 0)."""
 
     key: str
     path: str
@@ -124,6 +127,7 @@ class TensorRange:
     length: int
     dtype: tuple[str, bool]
     first: int
+    checked: bool = True
 
     def numpy_dtype(self) -> np.dtype:
         return _from_spec(*self.dtype)
@@ -172,10 +176,11 @@ def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRan
     itemsize = plan.dtype.itemsize
     per = max(align, task_bytes // align * align)
     spec = _dtype_spec(plan.dtype)
+    checked = plan.crc32c is not None
     return [TensorRange(key, r.path, source, r.offset + done, min(per, r.nbytes - done), spec,
-                        done // itemsize)
+                        done // itemsize, checked)
             for done in range(0, r.nbytes, per)] or [
-        TensorRange(key, r.path, source, r.offset, 0, spec, 0)]
+        TensorRange(key, r.path, source, r.offset, 0, spec, 0, checked)]
 
 
 def _tasks(items: list[tuple], task_bytes: int) -> list[list]:
@@ -243,7 +248,8 @@ def stats_task(items: list[tuple]) -> list[tuple]:
             for done in range(0, r.length, step):
                 n = min(step, r.length - done)
                 view = files.read(r, done, n, "a")
-                crc = google_crc32c.extend(crc, view)
+                if r.checked:
+                    crc = google_crc32c.extend(crc, view)
                 raw = view.view(dt)
                 for b in range(0, raw.size, BLOCK):
                     first = r.first + done // dt.itemsize + b
@@ -274,8 +280,10 @@ def pair_task(items: list[tuple], step: int, mode: str) -> list[tuple]:
                 n = min(span, ra.length - done)
                 va = files.read(ra, done, n, "a")
                 vb = files.read(rb, done, n, "b")
-                crc_a = google_crc32c.extend(crc_a, va)
-                crc_b = google_crc32c.extend(crc_b, vb)
+                if ra.checked:
+                    crc_a = google_crc32c.extend(crc_a, va)
+                if rb.checked:
+                    crc_b = google_crc32c.extend(crc_b, vb)
                 ca, cb = va.view(da), vb.view(db)
                 per = step // da.itemsize
                 for c in range(0, ca.size, per):
@@ -396,6 +404,8 @@ class Cluster:
 def _check_crc(ckpt, key: str, ranges: list[TensorRange], crcs: list[int]) -> None:
     from tpuckpt_viz.checkpoint import shards
 
+    if not ranges or not ranges[0].checked:  # no checksum in the format (Keras files)
+        return
     crc = 0
     for r, c in zip(ranges, crcs):
         crc = crc32c_combine(crc, c, r.length)
