@@ -38,8 +38,12 @@ VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """2 worker processes, one thread each, no dashboard, on 127.0.0.1; stopped at the end."""
+def cluster(gcs):
+    """2 worker processes, one thread each, no dashboard, on 127.0.0.1; stopped at the end.
+
+    Started once the GCS emulator's settings are in the environment (the ``gcs`` fixture):
+    the workers inherit them, as those of ``--workers N`` inherit the command's, and read
+    ``gs://`` from the emulator themselves."""
     c = dask_engine.open_cluster(workers=2)
     assert len(c.client.scheduler_info()["workers"]) == 2
     yield c
@@ -430,6 +434,58 @@ def test_keras_cli_on_the_cluster(keras_files, cluster, capsys, monkeypatch):
         assert main(argv + ["--format", "json"]) == 0
         assert capsys.readouterr().out == want, argv
     assert _transitions(cluster) > before
+
+
+# ------------------------------------------------------------------------ gs://
+
+def test_gs_on_the_cluster(gcs, cluster, shared, keras_files):
+    """Bundles and Keras files on the emulator's gs://: stats and diff on the cluster are
+    exactly the in-process results, the workers fetching the bytes from storage themselves."""
+    from tpuckpt_viz.checkpoint import remote
+
+    taxi = shared / "tfx_chicago_taxi_estimator"
+    t2t = gcs.upload(shared / "t2t_transformer_test_ckpt", "dask/t2t") + "/model.ckpt-1"
+    steps = [gcs.upload(taxi / name, f"dask/taxi/{name}") for name in
+             ("model.ckpt-0", "model.ckpt-1000")]
+    keras_run = gcs.upload(keras_files / "run", "dask/keras/run")
+    archive = gcs.upload(keras_files / "model.keras", "dask/keras/model.keras")
+    w1, w2 = (f"{keras_run}/w.0{n}.weights.h5" for n in (1, 2))
+    local = {t2t: shared / "t2t_transformer_test_ckpt" / "model.ckpt-1",
+             steps[0]: taxi / "model.ckpt-0", steps[1]: taxi / "model.ckpt-1000",
+             w1: keras_files / "run" / "w.01.weights.h5",
+             w2: keras_files / "run" / "w.02.weights.h5",
+             archive: keras_files / "model.keras"}
+    emulator = gcs.proxy.url
+
+    def settings():
+        return os.environ.get("STORAGE_EMULATOR_HOST")
+
+    assert set(cluster.client.run(settings).values()) == {emulator}
+    c = small_tasks(cluster, 1 << 20)
+    for url, path in local.items():
+        ckpt = open_checkpoint(url)
+        assert all(r.source.startswith("gs://ckpts/dask/") for k in ckpt.entries
+                   if streamed(ckpt, k)
+                   for r in dask_engine.tensor_ranges(ckpt, k, 4096, 1 << 20)), url
+        want = stats_of(open_checkpoint(str(path)))
+        gcs.proxy.reset()
+        assert_same(want, stats_of(ckpt, c))
+        tensors = sum(ckpt.plan(k).nbytes for k in ckpt.entries if streamed(ckpt, k))
+        assert gcs.proxy.bytes >= tensors > 0, url  # fetched again, by the workers
+    for a, b in ((steps[0], steps[1]), (w1, w2), (archive, w2)):
+        x, y = open_checkpoint(a), open_checkpoint(b)
+        want = diff.diff_checkpoints(open_checkpoint(str(local[a])),
+                                     open_checkpoint(str(local[b])))
+        assert_same(want, diff.diff_checkpoints(x, y, cluster=c))
+
+    def reads_gs():
+        return "gs" in remote._filesystems
+
+    assert all(cluster.client.run(reads_gs).values())
+
+
+def streamed(ckpt, key) -> bool:
+    return dask_engine.streamed(ckpt, key) and ckpt.entries[key].dtype != "string"
 
 
 # ------------------------------------------------------------------------ the command line
