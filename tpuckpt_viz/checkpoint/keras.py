@@ -841,7 +841,10 @@ class KerasCheckpoint:
                 self._file.close()
             finally:
                 if self._zip is not None:
+                    raw = self._zip.fp  # a file object we passed in: ZipFile leaves it open
                     self._zip.close()
+                    if raw is not None:
+                        raw.close()
 
 
 def looks_like_keras(path: str) -> bool:
