@@ -472,6 +472,8 @@ def test_gs_on_the_cluster(gcs, cluster, shared, keras_files):
         assert_same(want, stats_of(ckpt, c))
         tensors = sum(ckpt.plan(k).nbytes for k in ckpt.entries if streamed(ckpt, k))
         assert gcs.proxy.bytes >= tensors > 0, url  # fetched again, by the workers
+        if "/keras/" not in url:  # 250 and 60 tensors: small ones close together share a read
+            assert gcs.proxy.requests <= 8, (url, gcs.proxy.requests)
     for a, b in ((steps[0], steps[1]), (w1, w2), (archive, w2)):
         x, y = open_checkpoint(a), open_checkpoint(b)
         want = diff.diff_checkpoints(open_checkpoint(str(local[a])),
