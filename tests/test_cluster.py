@@ -341,12 +341,15 @@ def keras_files(tf, tmp_path_factory):
         f.create_dataset("big/i2", data=(np.nan_to_num(v[:50]) * 100).astype(">i2"))
         f.create_dataset("little/f2", data=v[:100].astype("<f2"))
         f.create_dataset("gzip/f4", data=v, chunks=(64, 900), compression="gzip")
+    with h5py.File(folder / "userblock.h5", "w", userblock_size=1024) as f:
+        f.create_dataset("f4", data=v[:300])  # offsets count the user block before HDF5
     return folder
 
 
 def _keras_paths(folder: Path) -> list[Path]:
     return (sorted((folder / "run").glob("*.weights.h5"))
-            + [folder / "model.keras", folder / "deflated.keras", folder / "odd.h5"]
+            + [folder / "model.keras", folder / "deflated.keras", folder / "odd.h5",
+               folder / "userblock.h5"]
             + [KERAS_FIXTURES / n for n in ("keras2_full.h5", "keras2_full_legacy_adam.h5",
                                             "keras2_weights.h5")])
 
