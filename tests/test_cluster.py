@@ -306,7 +306,8 @@ def keras_files(tf, tmp_path_factory):
     model with a 2 MiB kernel trained with Adam, ``model.keras`` (Keras stores its weights
     member uncompressed) and ``deflated.keras`` (the same archive, deflated); and ``odd.h5``
     written by h5py: the same values in both byte orders, chunked and gzip-compressed, float16,
-    int16, with a NaN and an Inf. Returns the folder."""
+    int16, with a NaN and an Inf; ``userblock.h5``, HDF5 after a 1 KiB user block. Returns the
+    folder."""
     import zipfile
 
     import h5py
