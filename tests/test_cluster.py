@@ -4,7 +4,9 @@ One local cluster of 2 worker processes on 127.0.0.1 serves the whole module (st
 stopped at the end). ``stats``, ``diff`` and ``steps`` on it must give exactly the in-process
 results, on the real checkpoints of ``../shared/checkpoints`` and on a generated run whose
 tensors span many tasks (NaN and Inf, bfloat16, float64 near its range's edge, a tensor whose
-first chunk changed and the rest did not). Then: the CLI's ``--workers 2`` leaves no process
+first chunk changed and the rest did not), on Keras files (their contiguous datasets are byte
+ranges too: ``.weights.h5``, ``.h5``, a stored ``.keras``) and on the GCS emulator's ``gs://``
+(the workers fetch the bytes themselves). Then: the CLI's ``--workers 2`` leaves no process
 behind; an error on a worker is the in-process one-line error; a worker killed mid-run.
 """
 

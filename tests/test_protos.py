@@ -1,5 +1,6 @@
 """The project's own proto definitions (checkpoint/protos.py) against TensorFlow's, and the
-read path of a V2 bundle without TensorFlow (issue 13)."""
+read path of a V2 bundle without TensorFlow (issue 13): bundle index and object graph; a TF1
+graph's collections (``.meta`` files, TF1 SavedModels) and frozen-GraphDef detection."""
 
 from __future__ import annotations
 
