@@ -328,9 +328,9 @@ class KerasCheckpoint:
         out = _Layout("keras3")
         owners: dict[str, list[str]] = {}  # object path -> dataset keys under its vars/
         for key in self._datasets:
-            head, sep, index = key.rpartition("/vars/")
+            head, sep, _ = key.rpartition("/vars/")
             if not sep and key.startswith("vars/"):
-                head, index = "", key[len("vars/"):]
+                head = ""
             elif not sep:
                 out.names[key] = key
                 continue
