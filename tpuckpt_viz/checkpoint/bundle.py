@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator
 import google_crc32c
 
 from tpuckpt_viz.checkpoint import protos, shards, storage, table
-from tpuckpt_viz.checkpoint.shards import Range, ReadPlan
+from tpuckpt_viz.checkpoint.shards import Entry, Range, ReadPlan
 from tpuckpt_viz.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -75,9 +75,9 @@ class BundleIndex:
     prefix: str
     header: BundleHeaderProto
     entries: dict[str, BundleEntryProto]
-    # key -> shape as a tuple, filled by :func:`validate` (protobuf access is the cost of
-    # listing 20,000 entries: each shape is read from its proto once).
-    shapes: dict[str, tuple] = field(default_factory=dict)
+    # key -> its listing (shape, dtype name, elements, bytes), filled by :func:`validate`:
+    # protobuf access is the cost of listing 20,000 entries, so each proto is read once.
+    listing: dict[str, Entry] = field(default_factory=dict)
     # key -> why the entry cannot be read (its bytes lie past the end of its shard).
     unreadable: dict[str, str] = field(default_factory=dict)
 
@@ -99,6 +99,10 @@ def dtype_name(dtype_enum: int) -> str:
     if 0 < base < len(_NAMES):
         return _NAMES[base] + ref
     return f"dtype_{value}"  # newer than this table; still something printable
+
+
+# Memoized: a listing asks for the same few dtype numbers 20,000 times.
+_memo_dtype_name = functools.lru_cache(maxsize=None)(dtype_name)
 
 
 def _numel(entry) -> int:
@@ -240,22 +244,27 @@ def validate(index: BundleIndex, extra: list | None = None) -> None:
                 shard_sizes[shard] = storage.size(data_path(index.prefix, shard, num_shards))
             except storage.NotFound:
                 pass
-    shapes = index.shapes
-    itemsizes, prod = _ITEMSIZE, math.prod
-    for key, entry in items:
+    listing, listed = index.listing, len(index.entries)  # ``extra`` slices are not listed
+    itemsizes, prod, name_of = _ITEMSIZE, math.prod, _memo_dtype_name
+    for i, (key, entry) in enumerate(items):
         dims = tuple([d.size for d in entry.shape.dim])
-        shard, offset, size = entry.shard_id, entry.offset, entry.size
-        itemsize = itemsizes.get(entry.dtype)
+        dtype, shard, offset, size = entry.dtype, entry.shard_id, entry.offset, entry.size
+        itemsize = itemsizes.get(dtype)
+        numel = prod(dims)
         # The fast path, for the common sound entry (a plain numeric tensor of one piece);
         # anything else gets every check (:func:`_entry_problem`) and its exact reason.
         if not (itemsize and 0 <= shard < num_shards and offset >= 0
                 and len(dims) <= MAX_RANK and (not dims or min(dims) >= 0)
-                and size == prod(dims) * itemsize <= _MAX_NUMEL and not entry.slices
+                and size == numel * itemsize <= _MAX_NUMEL and not entry.slices
                 and (dims or not entry.shape.unknown_rank)):
             problem = _entry_problem(entry, dims, num_shards)
             if problem:
                 raise UserError(f"corrupt entry {_shown(key)!r} in {name}: {problem}: {damaged}")
-        shapes[key] = dims
+        if i < listed:
+            # Bytes: elements x item size where the type has one (a sliced variable stores
+            # none of its own); the stored size for strings and other variable-size types.
+            listing[key] = Entry(key, dims, name_of(dtype), numel,
+                                 numel * itemsize if itemsize else size)
         end = shard_sizes.get(shard)
         if end is not None and offset + size > end:
             # The rest of the entry is sound, so the checkpoint still lists (as one whose
@@ -355,7 +364,8 @@ def read_strings(index: BundleIndex, key: str) -> list[bytes] | None:
     if (entry is None or entry.dtype != 7 or entry.slices or index.header.endianness != 0
             or key in index.unreadable):
         return None
-    numel = math.prod(index.shapes.get(key) or (d.size for d in entry.shape.dim))
+    listed = index.listing.get(key)
+    numel = listed.numel if listed else math.prod(d.size for d in entry.shape.dim)
     path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
     try:
         with shards.open_shard(path) as f:

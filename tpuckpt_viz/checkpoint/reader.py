@@ -14,13 +14,13 @@ import math
 import os
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator
 
 from tpuckpt_viz import sandbox
 from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
-from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
+from tpuckpt_viz.checkpoint.shards import Entry, ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
 
@@ -28,27 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     import numpy as np
 
 
-class Entry(NamedTuple):
-    """One checkpoint entry as ``tf.train.list_variables`` sees it, plus its byte size.
-
-    A named tuple (immutable, and built 20,000 times a listing at a third of a frozen
-    dataclass's cost)."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: str
-    numel: int
-    nbytes: int
-
-
 def _itemsize(dtype: str) -> int:
     """Bytes per element of a dtype name; 0 where the stored size is the truth (strings,
     sub-byte and quantized types)."""
     return bundle.ITEMSIZE_BY_NAME.get(dtype, 0)
-
-
-# Memoized: a listing asks for the same few dtype numbers 20,000 times.
-_bundle_dtype_name = functools.lru_cache(maxsize=None)(bundle.dtype_name)
 
 
 def _printable_key(key: str) -> str:
@@ -114,41 +97,33 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed, shapes = {}, {}
+        renamed, listing = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
-            if key in self.index.shapes:
-                shapes[shown] = self.index.shapes[key]
+            if key in self.index.listing:
+                listing[shown] = self.index.listing[key]._replace(key=shown)
         entries.clear()
         entries.update(renamed)
-        self.index.shapes.clear()
-        self.index.shapes.update(shapes)
+        self.index.listing.clear()
+        self.index.listing.update(listing)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
-        if self.index is not None:
-            shapes = self.index.shapes  # read from the protos once, by the validation
-            items = [(key, shapes[key], proto.dtype, proto.size)
-                     for key, proto in self.index.entries.items()]
-            name_of = _bundle_dtype_name
-        else:
-            reader = self.tf_reader()
-            shapes = reader.get_variable_to_shape_map()
-            dtypes = reader.get_variable_to_dtype_map()
-            items = [(key, tuple(int(d) for d in shapes[key]), dtypes[key].name, 0)
-                     for key in sorted(shapes)]
-            name_of = str
+        if self.index is not None:  # listed by the validation, in the same pass
+            return dict(self.index.listing)
+        reader = self.tf_reader()
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
         entries = {}
-        prod = math.prod
-        for key, shape, dtype, stored in items:
-            dtype = name_of(dtype)
-            numel = prod(shape)
-            size = _itemsize(dtype)
-            entries[key] = Entry(key, shape, dtype, numel, numel * size if size else int(stored))
+        for key in sorted(shapes):
+            shape = tuple(int(d) for d in shapes[key])
+            dtype = dtypes[key].name
+            numel = math.prod(shape)
+            entries[key] = Entry(key, shape, dtype, numel, numel * _itemsize(dtype))
         return entries
 
     def tf_reader(self):
