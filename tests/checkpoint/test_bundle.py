@@ -19,7 +19,7 @@ from tpuckpt_viz.checkpoint import bundle, table
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.tfcompat import tf as _tf
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "checkpoints"
 PREFIXES = sorted(str(p)[: -len(".index")] for p in SHARED.rglob("*.index"))
 T5X = SHARED / "t5x_mtf_tiny_t5_PARTIAL" / "model.ckpt-0"
 LINGVO = SHARED / "lingvo_lenet_test_model_PARTIAL" / "lenet_test_model"
@@ -365,7 +365,7 @@ def test_import_does_not_load_tensorflow():
 
     code = "import sys, tpuckpt_viz.checkpoint.bundle; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
 
 
@@ -398,7 +398,7 @@ def test_listing_a_bundle_loads_no_numpy(name, tmp_path):
         model.compile(optimizer="adam", loss="mse")
         model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
         path = _tf().train.Checkpoint(model=model, optimizer=model.optimizer).write(path)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _LIST_CHILD, path], capture_output=True,
                           text=True, timeout=120, cwd=root, env=env)
