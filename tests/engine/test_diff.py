@@ -369,3 +369,19 @@ def test_threads_change_no_number(demo_run, monkeypatch):
     assert [r["status"] for r in many].count("changed") > 3
     assert many == one
     assert run_steps(str(demo_run)) == steps_many
+
+
+def test_same_values_in_the_other_byte_order_are_the_same():
+    """An HDF5 dataset may be big-endian: the same values are ``same``, with cosine 1."""
+    from tpuckpt_viz.engine.reductions import PairAccumulator
+
+    a = np.linspace(-3, 5, 1000, dtype="<f4")
+    acc = PairAccumulator()
+    acc.add(a, a.astype(">f4"))
+    got = acc.result()
+    assert got["identical"] and got["delta_l2"] == 0.0 and got["cosine"] == 1.0
+    acc = PairAccumulator()
+    acc.add(a, (a * 2).astype(">f4"))
+    got = acc.result()
+    assert not got["identical"] and got["cosine"] == pytest.approx(1.0)
+    assert got["delta_l2"] == pytest.approx(float(np.linalg.norm(a.astype(np.float64))), rel=1e-6)

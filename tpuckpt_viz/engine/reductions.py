@@ -375,8 +375,14 @@ def delta_sumsq(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
+    if a.shape != b.shape:
         return False
+    if a.dtype != b.dtype:
+        # The same type in the other byte order (an HDF5 file written big-endian): the same
+        # values have the same bits once swapped. A copy, in this rare case only.
+        if a.dtype.newbyteorder("=") != b.dtype.newbyteorder("="):
+            return False
+        b = b.astype(a.dtype)
     size = a.dtype.itemsize
     if a.dtype.kind in "fcViub" and size in (1, 2, 4, 8):
         return bool(np.array_equal(a.view(f"u{size}"), b.view(f"u{size}")))
@@ -470,14 +476,18 @@ class PairAccumulator:
         delta, max_abs = math.sqrt(self.sd), self.max_abs
         if self.identical:  # NaN - NaN is NaN, but identical bits did not move
             delta, max_abs = 0.0, 0.0
+        cosine = self.dot / (l2_a * l2_b) if l2_a > 0 and l2_b > 0 else None
+        if cosine is not None and math.isfinite(cosine):
+            # Rounding in the norms must not show an unchanged tensor at 0.9999999999999998,
+            # nor any cosine outside [-1, 1].
+            cosine = 1.0 if self.identical else min(1.0, max(-1.0, cosine))
         return {
             "identical": self.identical,
             "l2_a": _finite_or_none(l2_a),
             "l2_b": _finite_or_none(l2_b),
             "delta_l2": _finite_or_none(delta),
             "rel_change": _finite_or_none(delta / l2_a) if l2_a > 0 else None,
-            "cosine": _finite_or_none(self.dot / (l2_a * l2_b)) if l2_a > 0 and l2_b > 0
-            else None,
+            "cosine": _finite_or_none(cosine),
             "max_abs_delta": _finite_or_none(max_abs),
         }
 
