@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import concurrent.futures
 import importlib
 import os
 import pickle
@@ -78,7 +77,7 @@ class WorkerDied(UserError):
 # --------------------------------------------------------------------------------------------
 # Parent side
 
-_SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
+_SPAWNER: "concurrent.futures.ThreadPoolExecutor | None" = None
 _SPAWNER_LOCK = threading.Lock()
 
 
@@ -93,6 +92,8 @@ def _spawner() -> concurrent.futures.ThreadPoolExecutor:
     global _SPAWNER
     with _SPAWNER_LOCK:
         if _SPAWNER is None:
+            import concurrent.futures  # only once a worker is needed
+
             _SPAWNER = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="tpuckpt-worker-spawner")
         return _SPAWNER

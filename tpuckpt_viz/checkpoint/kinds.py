@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX, object_path
 
@@ -59,8 +59,9 @@ _NORM_LAYER = re.compile(r"(^|[/_])(batch_?norm\w*|layer_?norm\w*|group_?norm\w*
 _LINGVO_VAR = "/var"
 
 
-@dataclass(frozen=True)
-class Grouping:
+class Grouping(NamedTuple):
+    """What one entry is: its kind, layer, and for a slot its variable and slot name."""
+
     kind: str
     layer: str | None
     slot_of: str | None

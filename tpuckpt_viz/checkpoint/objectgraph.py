@@ -97,12 +97,20 @@ def parse(serialized: bytes) -> ObjectGraphInfo:
     optimizers = []  # nodes with a child "_trainable_variables" (Keras 3 optimizers)
     # One pass over the nodes; protobuf field access is the cost here, so each repeated
     # field is touched once (20,000-variable graphs parse in about 0.1 s).
+    full_names = info.full_names
     for node_id, node in enumerate(graph.nodes):
-        for attr in node.attributes:
-            if attr.name == "VARIABLE_VALUE":
-                node_key[node_id] = attr.checkpoint_key
-                if attr.full_name:
-                    info.full_names[attr.checkpoint_key] = attr.full_name
+        attributes = node.attributes
+        if attributes:
+            is_variable = False
+            for attr in attributes:
+                if attr.name == "VARIABLE_VALUE":
+                    is_variable = True
+                    key = node_key[node_id] = attr.checkpoint_key
+                    full_name = attr.full_name
+                    if full_name:
+                        full_names[key] = full_name
+            if is_variable:  # a variable is no optimizer: its children need no look
+                continue
         if node.slot_variables:
             optimizers.append((node, True))
         elif len(node.children) < 64 and any(c.local_name in ("_trainable_variables",

@@ -32,23 +32,17 @@ def _build_records(ckpt: Checkpoint) -> list[dict]:
     key_set = set(keys)
     names = readable_names(keys, graph.full_names)
     hints = kind_hints(ckpt)
+    entries, slots = ckpt.entries, graph.slots
     records = []
+    append = records.append
     for key in keys:
-        entry = ckpt.entries[key]
-        group = classify(key, names[key], entry.dtype, len(entry.shape), key_set,
-                         graph.slots, names, hints)
-        records.append({
-            "key": key,
-            "name": names[key],
-            "shape": list(entry.shape),
-            "dtype": entry.dtype,
-            "numel": entry.numel,
-            "nbytes": entry.nbytes,
-            "kind": group.kind,
-            "layer": group.layer,
-            "slot_of": group.slot_of,
-            "slot": group.slot,
-        })
+        entry = entries[key]
+        name = names[key]
+        kind, layer, slot_of, slot = classify(key, name, entry.dtype, len(entry.shape),
+                                              key_set, slots, names, hints)
+        append({"key": key, "name": name, "shape": list(entry.shape), "dtype": entry.dtype,
+                "numel": entry.numel, "nbytes": entry.nbytes, "kind": kind, "layer": layer,
+                "slot_of": slot_of, "slot": slot})
     return records
 
 

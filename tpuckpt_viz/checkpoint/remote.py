@@ -19,8 +19,8 @@ fsspec knows it and its package is installed (``s3://`` with s3fs, ``memory://``
 
 from __future__ import annotations
 
-import asyncio
 import os
+import sys
 import threading
 import time
 
@@ -92,6 +92,8 @@ def _gcs_class():
                             or _kind(e) == "credentials"
                             or time.monotonic() - start + delay > RETRY_BUDGET_S):
                         raise
+                    import asyncio  # here: gcsfs has imported it; a listing does not
+
                     await asyncio.sleep(delay)
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
@@ -148,7 +150,10 @@ def _kind(exc: BaseException) -> str:
         return "credentials"
     if code == 403 or text.startswith("Forbidden"):
         return "denied"
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror, asyncio.TimeoutError)):
+    # asyncio only when loaded (by gcsfs): importing it costs a CLI listing 50 ms.
+    asyncio = sys.modules.get("asyncio")
+    timeouts = (asyncio.TimeoutError,) if asyncio else ()
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror) + timeouts):
         return "network"
     if type(exc).__module__.startswith("aiohttp") and not isinstance(code, int):
         return "network"  # ClientConnectorError, ServerDisconnectedError, timeouts

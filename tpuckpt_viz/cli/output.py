@@ -19,12 +19,23 @@ from typing import Any, Iterable, TextIO
 import numpy as np
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))  # JSON-safe as they are
+
+
 def clean(value: Any) -> Any:
     """A JSON-safe copy of ``value``: numpy scalars and arrays to Python, NaN/Inf to None."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
+    # Exact type checks before isinstance: a listing of 20,000 variables cleans a quarter of
+    # a million values, nearly all of them str, int or None.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is dict or isinstance(value, dict):
+        return {k if type(k) is str else str(k): v if type(v) in _PLAIN else clean(v)
+                for k, v in value.items()}
+    if kind is list or isinstance(value, (list, tuple)):
+        return [v if type(v) in _PLAIN else clean(v) for v in value]
     if isinstance(value, np.ndarray):
         return clean(value.tolist())
     if isinstance(value, np.generic):
@@ -34,6 +45,18 @@ def clean(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     return value
+
+
+# allow_nan=False: ``clean`` has already turned NaN and Inf into None; one left is a bug.
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
+def write_json_list(rows: list[dict], out: TextIO) -> None:
+    """A JSON list with one object per line: as readable as an indented dump, and written by
+    the json module's C encoder (indentation would force its pure-Python one, 5x slower)."""
+    out.write("[\n")
+    out.write(",\n".join(_ENCODER.encode(clean(row)) for row in rows))
+    out.write("\n]\n" if rows else "]\n")
 
 
 def _cell(value: Any) -> str:
@@ -114,8 +137,7 @@ def write(records: list[dict], fmt: str, columns: Iterable[str] | None = None,
     columns = list(columns) if columns else (list(records[0]) if records else [])
     rows = [{c: r.get(c) for c in columns} for r in records]
     if fmt == "json":
-        json.dump(clean(rows), out, indent=1, allow_nan=False)
-        out.write("\n")
+        write_json_list(rows, out)
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
