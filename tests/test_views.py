@@ -293,8 +293,10 @@ def test_diff_as_shown_leaves_out_state_unless_asked(demo_diff):
     assert list(view.counts) == list(data.STATUSES)
     assert sum(view.counts.values()) == len(view.shown)
     assert view.counts["changed"] == int((view.shown["status"] == "changed").sum()) > 0
-    changes = view.shown["rel_change"].dropna().tolist()
-    assert changes == sorted(changes, reverse=True)  # most changed first
+    assert view.shown.index.is_monotonic_increasing  # the records' order, for the charts
+    changes = view.table["rel_change"].dropna().tolist()
+    assert changes == sorted(changes, reverse=True)  # the table: most changed first
+    assert list(view.table.columns) == data.DIFF_COLUMNS
 
     everything = data.filter_diff(demo_diff, show_all=True)
     assert len(everything.shown) == everything.total and "slot" in set(everything.shown["kind"])

@@ -71,18 +71,24 @@ def variables_only(table: pd.DataFrame) -> pd.DataFrame:
 class DiffShown:
     """The diff table after the page's filters."""
 
-    shown: pd.DataFrame  # the rows shown, most changed first
+    shown: pd.DataFrame  # the rows shown, in the records' order (charts, CSV)
     total: int  # variables on either side (the object graph left out)
     caption: str  # "3 of 9 variables", and what was left out and why
     counts: dict  # status -> count over the rows shown, in STATUSES order
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The rows shown as the page's table: :data:`DIFF_COLUMNS`, most changed first
+        (largest ``rel_change``; rows without one last)."""
+        return self.shown[DIFF_COLUMNS].sort_values("rel_change", ascending=False,
+                                                    na_position="last", kind="stable")
 
 
 def filter_diff(table: pd.DataFrame, show_all: bool = False, kinds=(), layers=()) -> DiffShown:
     """The diff records (a DataFrame of ``diff`` records) as the page shows them.
 
     Without ``show_all`` or ``kinds``, :data:`HIDDEN_KINDS` are left out (the caption says
-    how many); ``kinds`` and ``layers`` keep only those. Rows are sorted by ``rel_change``,
-    largest first, rows without one last.
+    how many); ``kinds`` and ``layers`` keep only those.
     """
     table = variables_only(table)
     shown = table
@@ -92,7 +98,6 @@ def filter_diff(table: pd.DataFrame, show_all: bool = False, kinds=(), layers=()
         shown = shown[shown["kind"].isin(list(kinds))]
     if layers:
         shown = shown[shown["layer"].isin(list(layers))]
-    shown = shown.sort_values("rel_change", ascending=False, na_position="last", kind="stable")
     left_out = len(table) - len(shown)
     caption = f"{len(shown):,} of {len(table):,} variables"
     if left_out and not show_all and not kinds and not layers:

@@ -82,7 +82,7 @@ def _two_checkpoints(ckpt_a, ckpt_b, by: str) -> None:
         col.metric(status.replace("_", " "), count)
     st.caption(view.caption)
     shown = view.shown
-    st.dataframe(shown[data.DIFF_COLUMNS], hide_index=True, width="stretch", key="diff_table",
+    st.dataframe(view.table, hide_index=True, width="stretch", key="diff_table",
                  height=500, column_config={"key_a": "raw key A", "key_b": "raw key B"})
     st.download_button("Download CSV", shown.to_csv(index=False), file_name="diff.csv",
                        mime="text/csv", key="diff_csv")
