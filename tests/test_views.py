@@ -251,6 +251,15 @@ def test_step_before_and_initial_pair():
     assert data.initial_pair("r", "r/ckpt-3", run, "x", None)["a"] == "r/ckpt-2"  # half a link
 
 
+def test_linked_checkpoint():
+    from tpuckpt_viz.dashboard import comparedata as data
+
+    assert data.linked_checkpoint("c", "b", "r") == "c"
+    assert data.linked_checkpoint(None, " b ", "r") == "b"
+    assert data.linked_checkpoint("", None, "r") == "r"  # the run alone: its newest
+    assert data.linked_checkpoint(None, None, "  ") is None
+
+
 @pytest.fixture(scope="module")
 def demo_steps(demo_run):
     from tpuckpt_viz.checkpoint.paths import run_checkpoints

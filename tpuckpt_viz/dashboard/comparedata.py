@@ -39,6 +39,12 @@ def describe(run: list[dict], path: str) -> str:
     return step_label(item) if item else f"`{path}`"
 
 
+def linked_checkpoint(ckpt: str | None, b: str | None, run: str | None) -> str | None:
+    """The checkpoint a link to Compare opens: ``?ckpt=``, else B (``?b=``), else the run alone
+    (``?run=DIR``: its newest checkpoint); None without any."""
+    return next((p.strip() for p in (ckpt, b, run) if p and p.strip()), None)
+
+
 def step_before(prefixes: list[str], prefix: str) -> str:
     """The checkpoint to compare ``prefix`` with: the one before it in its run (``prefixes``,
     in training order), the second one for the first, "" when there is none."""

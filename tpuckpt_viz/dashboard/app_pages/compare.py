@@ -24,14 +24,10 @@ from tpuckpt_viz.dashboard.app_pages.common import (
 )
 from tpuckpt_viz.dashboard.pagedata import heat_axes
 
-# A link to the run alone (?run=DIR) opens that run: its newest checkpoint becomes current.
-if CURRENT not in st.session_state and st.query_params.get("run") and not (
-        st.query_params.get("ckpt") or st.query_params.get("b")):
-    st.session_state[CURRENT] = st.query_params.get("run")
-elif CURRENT not in st.session_state and st.query_params.get("b"):
-    st.session_state[CURRENT] = st.query_params.get("b")
-
 st.title("Compare training steps")
+linked = data.linked_checkpoint(*(st.query_params.get(k) for k in ("ckpt", "b", "run")))
+if CURRENT not in st.session_state and linked:  # a link: ?ckpt=, else ?b=, else ?run=
+    st.session_state[CURRENT] = linked
 try:
     current = current_path()
     resolved = resolve_allowed(current)
