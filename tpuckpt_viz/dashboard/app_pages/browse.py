@@ -58,6 +58,73 @@ def _object_graph(tree) -> None:
         st.code(views.tree_text(tree), language=None)
 
 
+def _variables(table):
+    """The filters and the variable table: (rows shown, the table's key, its selection)."""
+    st.subheader("Variables")
+    f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
+    kinds = f1.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])], key="f_kind")
+    layers = f2.multiselect("Layer", sorted(table["layer"].dropna().unique()), key="f_layer")
+    dtypes = f3.multiselect("Dtype", sorted(table["dtype"].unique()), key="f_dtype")
+    pattern = f4.text_input("Name pattern (regular expression)", key="f_pattern")
+    shown, pattern_error = views.filter_or_explain(table, kinds, layers, dtypes, pattern)
+    if pattern_error:
+        f4.error(pattern_error)
+    shown = views.model_first(shown)
+    table_key = views.selection_key(kinds, layers, dtypes, pattern, len(shown))
+    event = st.dataframe(views.display_table(shown), hide_index=True, width="stretch",
+                         key=table_key, on_select="rerun", selection_mode="single-row",
+                         height=min(913, 35 * (len(shown) + 1) + 3),
+                         column_config={"slot_of_name": "slot of", "nbytes": "bytes",
+                                        "numel": "elements", "key": "raw key"})
+    st.caption(f"{len(shown):,} of {len(table):,} variables")
+    st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(index=False),
+                       file_name="variables.csv", mime="text/csv")
+    return shown, table_key, event
+
+
+def _pick_tensor(table, shown, table_key: str, event) -> str:
+    """The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME)."""
+    names = list(shown["name"]) or list(table["name"])
+    selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
+    if selected_rows and selected_rows[0] < len(shown):
+        picked = shown.iloc[selected_rows[0]]["name"]
+        if st.session_state.get("_picked_row") != (table_key, picked):
+            st.session_state["_picked_row"] = (table_key, picked)
+            st.session_state["tensor"] = picked
+    if st.session_state.get("tensor") not in names:
+        st.session_state["tensor"] = views.default_tensor(
+            table, names, st.session_state.get("_tensor") or st.query_params.get("tensor"))
+    name = st.selectbox("Tensor", names, key="tensor")
+    st.session_state["_tensor"] = name  # kept across pages (the widget's own state is not)
+    sync_url(tensor=name, a=None, b=None, run=None)  # only what this page shows
+    return name
+
+
+def _slots(ckpt, table, row, view) -> None:
+    """The optimizer slots of the tensor shown (side by side with it), or whose slot it is."""
+    slots = table[table["slot_of"] == row["key"]]
+    if len(slots):
+        st.subheader("Optimizer slots")
+        slot_views = {row["name"]: view}
+        for col, (_, slot_row) in zip(st.columns(len(slots)), slots.iterrows()):
+            try:
+                slot_view = cached.tensor_view(ckpt, ckpt.prefix, ckpt.signature, slot_row["key"])
+            except Exception as exc:
+                with col:
+                    show_error(exc)
+                continue
+            slot_views[f"{slot_row['slot']} ({slot_row['name']})"] = slot_view
+            col.markdown(f"**{slot_row['slot']}** · `{slot_row['name']}`")
+            # The slot's short name titles its histogram: the full name does not fit half a page.
+            _render_stats(slot_view, slot_row["name"], col, label=slot_row["slot"])
+        number = st.column_config.NumberColumn(format="%.4g")
+        st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch",
+                     key="slot_stats", column_config={
+                         c: number for c in ("min", "max", "mean", "std", "l2", "zeros")})
+    elif views.slot_owner(table, row):
+        st.info(f"This is the `{row['slot']}` slot of `{views.slot_owner(table, row)}`.")
+
+
 st.title("Browse a checkpoint")
 ckpt = pick_checkpoint()
 if ckpt is None:
@@ -81,42 +148,9 @@ if not len(table):  # the object graph alone, or nothing: no variable to list or
             + ": open a checkpoint that holds the model's weights.")
     st.stop()
 
-st.subheader("Variables")
-f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
-kinds = f1.multiselect("Kind", [k for k in KINDS if k in set(table["kind"])], key="f_kind")
-layers = f2.multiselect("Layer", sorted(table["layer"].dropna().unique()), key="f_layer")
-dtypes = f3.multiselect("Dtype", sorted(table["dtype"].unique()), key="f_dtype")
-pattern = f4.text_input("Name pattern (regular expression)", key="f_pattern")
-shown, pattern_error = views.filter_or_explain(table, kinds, layers, dtypes, pattern)
-if pattern_error:
-    f4.error(pattern_error)
-shown = views.model_first(shown)
-table_key = views.selection_key(kinds, layers, dtypes, pattern, len(shown))
-event = st.dataframe(views.display_table(shown), hide_index=True, width="stretch",
-                     key=table_key, on_select="rerun", selection_mode="single-row",
-                     height=min(913, 35 * (len(shown) + 1) + 3),
-                     column_config={"slot_of_name": "slot of", "nbytes": "bytes",
-                                    "numel": "elements", "key": "raw key"})
-st.caption(f"{len(shown):,} of {len(table):,} variables")
-st.download_button("Download CSV", shown.drop(columns=["slot_of_name"]).to_csv(index=False),
-                   file_name="variables.csv", mime="text/csv")
-
-# The tensor to show: a row clicked in the table, else the selectbox (also ?tensor=NAME).
-names = list(shown["name"]) or list(table["name"])
-selected_rows = getattr(getattr(event, "selection", None), "rows", None) or []
-if selected_rows and selected_rows[0] < len(shown):
-    picked = shown.iloc[selected_rows[0]]["name"]
-    if st.session_state.get("_picked_row") != (table_key, picked):
-        st.session_state["_picked_row"] = (table_key, picked)
-        st.session_state["tensor"] = picked
-if st.session_state.get("tensor") not in names:
-    st.session_state["tensor"] = views.default_tensor(
-        table, names, st.session_state.get("_tensor") or st.query_params.get("tensor"))
-name = st.selectbox("Tensor", names, key="tensor")
-st.session_state["_tensor"] = name  # kept across pages (the widget's own state is not)
-sync_url(tensor=name, a=None, b=None, run=None)  # only what this page shows
+shown, table_key, event = _variables(table)
+name = _pick_tensor(table, shown, table_key, event)
 row = table[table["name"] == name].iloc[0]
-
 st.subheader(name)
 st.caption(f"key `{row['key']}` · {row['kind']} · shape {row['shape']} · {row['dtype']}")
 try:
@@ -132,25 +166,4 @@ if view.heat is not None:
                                       axes=axes, value_range=(view.stats["min"],
                                                               view.stats["max"])),
                        width="stretch", key="heatmap")
-
-slots = table[table["slot_of"] == row["key"]]
-if len(slots):
-    st.subheader("Optimizer slots")
-    slot_views = {name: view}
-    for col, (_, slot_row) in zip(st.columns(len(slots)), slots.iterrows()):
-        try:
-            slot_view = cached.tensor_view(ckpt, ckpt.prefix, ckpt.signature, slot_row["key"])
-        except Exception as exc:
-            with col:
-                show_error(exc)
-            continue
-        slot_views[f"{slot_row['slot']} ({slot_row['name']})"] = slot_view
-        col.markdown(f"**{slot_row['slot']}** · `{slot_row['name']}`")
-        # The slot's short name titles its histogram: the full name does not fit half a page.
-        _render_stats(slot_view, slot_row["name"], col, label=slot_row["slot"])
-    number = st.column_config.NumberColumn(format="%.4g")
-    st.dataframe(views.stats_frame(slot_views), hide_index=True, width="stretch",
-                 key="slot_stats", column_config={c: number for c in
-                                                  ("min", "max", "mean", "std", "l2", "zeros")})
-elif views.slot_owner(table, row):
-    st.info(f"This is the `{row['slot']}` slot of `{views.slot_owner(table, row)}`.")
+_slots(ckpt, table, row, view)
