@@ -105,6 +105,25 @@ def _two_checkpoints(ckpt_a, ckpt_b, by: str) -> None:
                         width="stretch", key="delta_heat")
 
 
+def _whole_run(steps, banner) -> None:
+    """The run at a glance (in ``banner``, above the tabs), its norms and update ratios per
+    layer, and its table."""
+    summary = data.run_summary(steps, run_dir)
+    (banner.error if summary.bad_label else banner.success)(summary.text)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer (finite values)",
+                                       mark=summary.bad_label), width="stretch", key="l2_lines")
+    if steps["update_ratio"].notna().any():
+        c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer",
+                                           mark=summary.bad_label), width="stretch",
+                        key="ratio_lines")
+        st.plotly_chart(charts.update_heatmap(steps), width="stretch", key="ratio_heat")
+    st.dataframe(steps[data.STEPS_COLUMNS], hide_index=True, width="stretch", key="steps_table",
+                 height=420, column_config={"label": "checkpoint"})
+    st.download_button("Download CSV", steps.to_csv(index=False), file_name="steps.csv",
+                       mime="text/csv", key="steps_csv")
+
+
 # One line that says what each part of the page shows, filled in below.
 run_summary = st.empty()
 two, whole = st.tabs(["Two checkpoints", "Whole run"])
@@ -158,20 +177,6 @@ with whole:
         except Exception as exc:
             show_error(exc)
     if steps is not None and len(steps):
-        summary = data.run_summary(steps, run_dir)
-        (run_summary.error if summary.bad_label else run_summary.success)(summary.text)
-        c1, c2 = st.columns(2)
-        c1.plotly_chart(charts.steps_lines(steps, "l2", "L2 norm per layer (finite values)",
-                                           mark=summary.bad_label), width="stretch",
-                        key="l2_lines")
-        if steps["update_ratio"].notna().any():
-            c2.plotly_chart(charts.steps_lines(steps, "update_ratio", "Update ratio per layer",
-                                               mark=summary.bad_label), width="stretch",
-                            key="ratio_lines")
-            st.plotly_chart(charts.update_heatmap(steps), width="stretch", key="ratio_heat")
-        st.dataframe(steps[data.STEPS_COLUMNS], hide_index=True, width="stretch",
-                     key="steps_table", height=420, column_config={"label": "checkpoint"})
-        st.download_button("Download CSV", steps.to_csv(index=False), file_name="steps.csv",
-                           mime="text/csv", key="steps_csv")
+        _whole_run(steps, run_summary)
     elif steps is not None:
         st.info("No variable matches the filters.")
