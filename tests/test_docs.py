@@ -208,7 +208,7 @@ def test_cited_markdown_files_exist():
     data's own notes (``../shared/checkpoints/SOURCES.md``), which they read in place."""
     shared = ROOT.parent / "shared" / "checkpoints"
     cited = []
-    for path in [*sorted((ROOT / "tpuckpt_viz").rglob("*.py")), *sorted((ROOT / "tests").glob(
+    for path in [*sorted((ROOT / "tpuckpt_viz").rglob("*.py")), *sorted((ROOT / "tests").rglob(
             "*.py"))]:
         places = [ROOT] if path.is_relative_to(ROOT / "tpuckpt_viz") else [ROOT, shared]
         for name in re.findall(r"[\w./-]*\w\.md\b", path.read_text(encoding="utf-8")):

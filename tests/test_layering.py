@@ -5,6 +5,7 @@
 - No module imports an underscore name from another module: the line between public and
   private is real.
 - The CLI's reading path stays light at import time.
+- ``tests/`` mirrors the package: a folder of tests per folder of the package.
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def _imported_modules(path: Path) -> set[str]:
 def test_every_folder_has_a_rule():
     folders = {_folder(p) for p in ALL_FILES}
     assert folders == set(RULES) | {"dashboard"}, folders
+
+
+def test_tests_mirror_the_package_folders():
+    """Each folder of the package has its tests in the folder of the same name, and no
+    folder of tests names a folder the package does not have."""
+    package = {_folder(p) for p in ALL_FILES} - {""}
+    tests = {p.parent.name for p in (ROOT / "tests").glob("*/test_*.py")}
+    assert tests == package, f"tests/ has {sorted(tests)}, the package {sorted(package)}"
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    # No __init__.py in tests/: pytest imports test files by their base name.
+    assert len(names) == len(set(names)), "two test files share a name"
 
 
 @pytest.mark.parametrize("path", [p for p in ALL_FILES if _folder(p) in RULES],

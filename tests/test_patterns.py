@@ -2,7 +2,7 @@
 
 ``(.*.*.*)*!`` against a name of a few thousand characters takes Python's ``re`` longer than
 any test could wait (it backtracks, holding the GIL); RE2 answers at once. Every place that
-compiles a user's pattern goes through ``compile_user``: the CLI's ``--match`` (tests/test_cli.py
+compiles a user's pattern goes through ``compile_user``: the CLI's ``--match`` (tests/cli/test_cli.py
 runs ``stats`` and ``steps``), the engine's ``diff``/``steps`` (the Compare page's run tab) and
 the Browse page's name filter.
 """

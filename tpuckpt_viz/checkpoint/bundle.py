@@ -16,20 +16,21 @@ local bundle imports no TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import google_crc32c
-import ml_dtypes
-import numpy as np
 
 from tpuckpt_viz.checkpoint import protos, shards, storage, table
-from tpuckpt_viz.checkpoint.shards import Range, ReadPlan
+from tpuckpt_viz.checkpoint.shards import Entry, Range, ReadPlan
 from tpuckpt_viz.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
+
     from tpuckpt_viz.checkpoint.protos import BundleEntryProto, BundleHeaderProto
 
 # DataType enum value -> tf.dtypes name, indexed by value (types.proto; values never change).
@@ -39,17 +40,28 @@ _NAMES = (
     "float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz float8_e5m2fnuz int4 uint4 "
     "int2 uint2 float4_e2m1fn"
 ).split()
-# Only types whose bytes in a bundle are exactly numel * itemsize little-endian values.
-# Sub-byte types (int4, float4...) and quantized ones are left to TensorFlow's reader.
-_NUMPY = {
-    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
-    8: np.complex64, 9: np.int64, 10: np.bool_, 14: ml_dtypes.bfloat16, 17: np.uint16,
-    18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64,
-    24: ml_dtypes.float8_e5m2, 25: ml_dtypes.float8_e4m3fn, 26: ml_dtypes.float8_e4m3fnuz,
-    27: ml_dtypes.float8_e4m3b11fnuz, 28: ml_dtypes.float8_e5m2fnuz,
-}
-_NUMPY = {k: np.dtype(v) for k, v in _NUMPY.items()}
-_ITEMSIZE = {k: v.itemsize for k, v in _NUMPY.items()}  # plain ints for the listing's loop
+# Only types whose bytes in a bundle are exactly numel * itemsize little-endian values, with
+# their item sizes. Sub-byte types (int4, float4...) and quantized ones are left to
+# TensorFlow's reader. Plain numbers, so that listing an index needs no numpy.
+_ITEMSIZE = {1: 4, 2: 8, 3: 4, 4: 1, 5: 2, 6: 1, 8: 8, 9: 8, 10: 1, 14: 2, 17: 2, 18: 16,
+             19: 2, 22: 4, 23: 8, 24: 1, 25: 1, 26: 1, 27: 1, 28: 1}
+ITEMSIZE_BY_NAME = {_NAMES[k]: v for k, v in _ITEMSIZE.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_dtypes() -> dict:
+    """DataType enum value -> numpy dtype (numpy and ml_dtypes imported on the first read)."""
+    import ml_dtypes
+    import numpy as np
+
+    table = {
+        1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+        8: np.complex64, 9: np.int64, 10: np.bool_, 14: ml_dtypes.bfloat16, 17: np.uint16,
+        18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64,
+        24: ml_dtypes.float8_e5m2, 25: ml_dtypes.float8_e4m3fn, 26: ml_dtypes.float8_e4m3fnuz,
+        27: ml_dtypes.float8_e4m3b11fnuz, 28: ml_dtypes.float8_e5m2fnuz,
+    }
+    return {k: np.dtype(v) for k, v in table.items()}
 
 
 @dataclass
@@ -63,9 +75,9 @@ class BundleIndex:
     prefix: str
     header: BundleHeaderProto
     entries: dict[str, BundleEntryProto]
-    # key -> shape as a tuple, filled by :func:`validate` (protobuf access is the cost of
-    # listing 20,000 entries: each shape is read from its proto once).
-    shapes: dict[str, tuple] = field(default_factory=dict)
+    # key -> its listing (shape, dtype name, elements, bytes), filled by :func:`validate`:
+    # protobuf access is the cost of listing 20,000 entries, so each proto is read once.
+    listing: dict[str, Entry] = field(default_factory=dict)
     # key -> why the entry cannot be read (its bytes lie past the end of its shard).
     unreadable: dict[str, str] = field(default_factory=dict)
 
@@ -77,7 +89,7 @@ def data_path(prefix: str, shard_id: int, num_shards: int) -> str:
 
 def numpy_dtype(dtype_enum: int) -> np.dtype | None:
     """The numpy dtype for a DataType enum value, or None where bytes are not plain values."""
-    return _NUMPY.get(int(dtype_enum) % 100)  # +100 marks TF1 reference types
+    return _numpy_dtypes().get(int(dtype_enum) % 100)  # +100 marks TF1 reference types
 
 
 def dtype_name(dtype_enum: int) -> str:
@@ -87,6 +99,10 @@ def dtype_name(dtype_enum: int) -> str:
     if 0 < base < len(_NAMES):
         return _NAMES[base] + ref
     return f"dtype_{value}"  # newer than this table; still something printable
+
+
+# Memoized: a listing asks for the same few dtype numbers 20,000 times.
+_memo_dtype_name = functools.lru_cache(maxsize=None)(dtype_name)
 
 
 def _numel(entry) -> int:
@@ -177,11 +193,11 @@ def _entry_problem(entry, dims: tuple, num_shards: int) -> str | None:
         return f"shard number {shard} but the checkpoint has {num_shards} shard(s)"
     if offset < 0 or size < 0:
         return f"offset {offset} and size {size} (both must be at least 0)"
-    dt = _NUMPY.get(base)
+    itemsize = _ITEMSIZE.get(base)
     slices = entry.slices
-    if dt is not None and not slices and size != numel * dt.itemsize:
+    if itemsize is not None and not slices and size != numel * itemsize:
         return (f"size {size} bytes but shape {_shape_text(dims)} {dtype_name(value)} needs "
-                f"{numel * dt.itemsize}")
+                f"{numel * itemsize}")
     for piece in slices:
         extents = list(piece.extent)
         if len(extents) != len(dims):
@@ -228,22 +244,27 @@ def validate(index: BundleIndex, extra: list | None = None) -> None:
                 shard_sizes[shard] = storage.size(data_path(index.prefix, shard, num_shards))
             except storage.NotFound:
                 pass
-    shapes = index.shapes
-    itemsizes, prod = _ITEMSIZE, math.prod
-    for key, entry in items:
+    listing, listed = index.listing, len(index.entries)  # ``extra`` slices are not listed
+    itemsizes, prod, name_of = _ITEMSIZE, math.prod, _memo_dtype_name
+    for i, (key, entry) in enumerate(items):
         dims = tuple([d.size for d in entry.shape.dim])
-        shard, offset, size = entry.shard_id, entry.offset, entry.size
-        itemsize = itemsizes.get(entry.dtype)
+        dtype, shard, offset, size = entry.dtype, entry.shard_id, entry.offset, entry.size
+        itemsize = itemsizes.get(dtype)
+        numel = prod(dims)
         # The fast path, for the common sound entry (a plain numeric tensor of one piece);
         # anything else gets every check (:func:`_entry_problem`) and its exact reason.
         if not (itemsize and 0 <= shard < num_shards and offset >= 0
                 and len(dims) <= MAX_RANK and (not dims or min(dims) >= 0)
-                and size == prod(dims) * itemsize <= _MAX_NUMEL and not entry.slices
+                and size == numel * itemsize <= _MAX_NUMEL and not entry.slices
                 and (dims or not entry.shape.unknown_rank)):
             problem = _entry_problem(entry, dims, num_shards)
             if problem:
                 raise UserError(f"corrupt entry {_shown(key)!r} in {name}: {problem}: {damaged}")
-        shapes[key] = dims
+        if i < listed:
+            # Bytes: elements x item size where the type has one (a sliced variable stores
+            # none of its own); the stored size for strings and other variable-size types.
+            listing[key] = Entry(key, dims, name_of(dtype), numel,
+                                 numel * itemsize if itemsize else size)
         end = shard_sizes.get(shard)
         if end is not None and offset + size > end:
             # The rest of the entry is sound, so the checkpoint still lists (as one whose
@@ -315,6 +336,8 @@ def iter_chunks(index: BundleIndex, key: str, chunk_bytes: int = 8 << 20) -> Ite
 
 def read_tensor(index: BundleIndex, key: str) -> np.ndarray:
     """The whole tensor ``key`` in its shape (a convenience over :func:`iter_chunks`)."""
+    import numpy as np
+
     p = _streamable(index, key)
     chunks = iter_chunks(index, key)
     # Fill one preallocated array: concatenating chunks would hold the tensor twice.
@@ -341,7 +364,8 @@ def read_strings(index: BundleIndex, key: str) -> list[bytes] | None:
     if (entry is None or entry.dtype != 7 or entry.slices or index.header.endianness != 0
             or key in index.unreadable):
         return None
-    numel = math.prod(index.shapes.get(key) or (d.size for d in entry.shape.dim))
+    listed = index.listing.get(key)
+    numel = listed.numel if listed else math.prod(d.size for d in entry.shape.dim)
     path = data_path(index.prefix, entry.shard_id, index.header.num_shards)
     try:
         with shards.open_shard(path) as f:

@@ -74,7 +74,7 @@ def to_snake_case(name: str) -> str:
 # ---------------------------------------------------------------------------- Keras 3 layers
 # The weights each layer class creates, in order (its own variables, trainable first), as
 # (name, trainable) for a layer config (None: the class defaults). Checked against Keras 3
-# itself in tests/test_keras_files.py.
+# itself in tests/checkpoint/test_keras_files.py.
 def _kernel_bias(cfg):
     return [("kernel", True)] + ([("bias", True)] if cfg.get("use_bias", True) else [])
 

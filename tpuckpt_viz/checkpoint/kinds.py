@@ -3,7 +3,7 @@
 Kinds (docs/reference.md): weight, bias, norm, stat, slot, optimizer, counter, metric, other.
 The order of the rules matters and is the order of :func:`classify`: object-graph slot links,
 ``.OPTIMIZER_SLOT`` keys, optimizer scopes (``training/<Optimizer>/...``), TF1 slot suffixes,
-then name patterns. Each pattern has a row in ``tests/test_grouping.py``.
+then name patterns. Each pattern has a row in ``tests/checkpoint/test_kinds.py``.
 """
 
 from __future__ import annotations

@@ -14,42 +14,24 @@ import math
 import os
 import threading
 from functools import cached_property
-from typing import Iterator, NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator
 
 from tpuckpt_viz import sandbox
 from tpuckpt_viz.checkpoint import bundle, remote, shards, storage
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY, ObjectGraphInfo, parse
 from tpuckpt_viz.checkpoint.paths import Resolved, resolve_checkpoint
-from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
+from tpuckpt_viz.checkpoint.shards import Entry, ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 from tpuckpt_viz.tfcompat import tf
 
-
-class Entry(NamedTuple):
-    """One checkpoint entry as ``tf.train.list_variables`` sees it, plus its byte size.
-
-    A named tuple (immutable, and built 20,000 times a listing at a third of a frozen
-    dataclass's cost)."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: str
-    numel: int
-    nbytes: int
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(bundle_numpy_dtype(dtype)).itemsize
-    except TypeError:
-        return 0
-
-
-# Memoized: a listing asks for the same few dtype numbers 20,000 times.
-_bundle_dtype_name = functools.lru_cache(maxsize=None)(bundle.dtype_name)
+    """Bytes per element of a dtype name; 0 where the stored size is the truth (strings,
+    sub-byte and quantized types)."""
+    return bundle.ITEMSIZE_BY_NAME.get(dtype, 0)
 
 
 def _printable_key(key: str) -> str:
@@ -70,6 +52,8 @@ def bundle_numpy_dtype(name: str):
         return ml_dtypes.bfloat16
     if name in ("string", "resource", "variant"):
         raise TypeError(name)
+    import numpy as np
+
     return np.dtype(name)
 
 
@@ -113,41 +97,33 @@ class Checkpoint:
         entries = self.index.entries
         if all(_printable_key(k) == k for k in entries):
             return
-        renamed, shapes = {}, {}
+        renamed, listing = {}, {}
         for key, proto in entries.items():
             shown = _printable_key(key)
             if shown != key:
                 self._tf_keys[shown] = key.encode("utf-8", "surrogateescape")
             renamed[shown] = proto
-            if key in self.index.shapes:
-                shapes[shown] = self.index.shapes[key]
+            if key in self.index.listing:
+                listing[shown] = self.index.listing[key]._replace(key=shown)
         entries.clear()
         entries.update(renamed)
-        self.index.shapes.clear()
-        self.index.shapes.update(shapes)
+        self.index.listing.clear()
+        self.index.listing.update(listing)
 
     def _list_entries(self) -> dict[str, Entry]:
         # Per-entry work stays in plain Python (math.prod, memoized dtype lookups): numpy
         # calls per entry cost more than the whole index read on 20,000-variable checkpoints.
-        if self.index is not None:
-            shapes = self.index.shapes  # read from the protos once, by the validation
-            items = [(key, shapes[key], proto.dtype, proto.size)
-                     for key, proto in self.index.entries.items()]
-            name_of = _bundle_dtype_name
-        else:
-            reader = self.tf_reader()
-            shapes = reader.get_variable_to_shape_map()
-            dtypes = reader.get_variable_to_dtype_map()
-            items = [(key, tuple(int(d) for d in shapes[key]), dtypes[key].name, 0)
-                     for key in sorted(shapes)]
-            name_of = str
+        if self.index is not None:  # listed by the validation, in the same pass
+            return dict(self.index.listing)
+        reader = self.tf_reader()
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
         entries = {}
-        prod = math.prod
-        for key, shape, dtype, stored in items:
-            dtype = name_of(dtype)
-            numel = prod(shape)
-            size = _itemsize(dtype)
-            entries[key] = Entry(key, shape, dtype, numel, numel * size if size else int(stored))
+        for key in sorted(shapes):
+            shape = tuple(int(d) for d in shapes[key])
+            dtype = dtypes[key].name
+            numel = math.prod(shape)
+            entries[key] = Entry(key, shape, dtype, numel, numel * _itemsize(dtype))
         return entries
 
     def tf_reader(self):
@@ -230,7 +206,11 @@ class Checkpoint:
             strings = bundle.read_strings(self.index, key)
             if strings is not None:  # as TensorFlow returns them: bytes, or an object array
                 shape = self.entries[key].shape
-                return strings[0] if not shape else np.array(strings, object).reshape(shape)
+                if not shape:
+                    return strings[0]
+                import numpy as np
+
+                return np.array(strings, object).reshape(shape)
         reader = self.tf_reader()
         try:
             with self._lock:  # BundleReader keeps per-reader state: one read at a time
@@ -254,6 +234,8 @@ class Checkpoint:
 
     def read(self, key: str) -> np.ndarray:
         """The whole tensor as a numpy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        import numpy as np  # imported by the first read: a listing needs none
+
         entry = self._check(key)
         plan = self.plan(key)
         # gs:// and other fsspec URLs: every streamable tensor in one ranged request of its
@@ -277,6 +259,8 @@ class Checkpoint:
         the rest are read whole and yielded as slices of ``chunk_bytes``, so callers see one
         shape of data either way.
         """
+        import numpy as np  # imported by the first read: a listing needs none
+
         entry = self._check(key)
         chunk_bytes = chunk_bytes or self.settings.chunk_bytes
         threshold = self.settings.slice_bytes if threshold_bytes is None else threshold_bytes

@@ -16,8 +16,6 @@ import math
 import sys
 from typing import Any, Iterable, TextIO
 
-import numpy as np
-
 
 _PLAIN = frozenset((str, int, bool, type(None)))  # JSON-safe as they are
 
@@ -36,9 +34,11 @@ def clean(value: Any) -> Any:
                 for k, v in value.items()}
     if kind is list or isinstance(value, (list, tuple)):
         return [v if type(v) in _PLAIN else clean(v) for v in value]
-    if isinstance(value, np.ndarray):
+    # A numpy value exists only once numpy is loaded: a listing does not load it.
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
         return clean(value.tolist())
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return clean(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -51,11 +51,18 @@ def clean(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(allow_nan=False)
 
 
+def _encode(row: Any) -> str:
+    try:  # most rows are JSON as they are: cleaning them first would double the cost
+        return _ENCODER.encode(row)
+    except (TypeError, ValueError):  # numpy values, bytes, NaN or Inf: a clean copy
+        return _ENCODER.encode(clean(row))
+
+
 def write_json_list(rows: list[dict], out: TextIO) -> None:
     """A JSON list with one object per line: as readable as an indented dump, and written by
     the json module's C encoder (indentation would force its pure-Python one, 5x slower)."""
     out.write("[\n")
-    out.write(",\n".join(_ENCODER.encode(clean(row)) for row in rows))
+    out.write(",\n".join(map(_encode, rows)))
     out.write("\n]\n" if rows else "]\n")
 
 
@@ -135,7 +142,9 @@ def write(records: list[dict], fmt: str, columns: Iterable[str] | None = None,
     """
     out = out or sys.stdout
     columns = list(columns) if columns else (list(records[0]) if records else [])
-    rows = [{c: r.get(c) for c in columns} for r in records]
+    cols = tuple(columns)
+    # Records already in the contract's order are written as they are (a listing's are).
+    rows = [r if tuple(r) == cols else {c: r.get(c) for c in cols} for r in records]
     if fmt == "json":
         write_json_list(rows, out)
     elif fmt == "csv":

@@ -19,7 +19,7 @@ from tpuckpt_viz.checkpoint.objectgraph import object_path
 from tpuckpt_viz.checkpoint.paths import run_checkpoints
 from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
 from tpuckpt_viz.checkpoint.records import list_records
-from tpuckpt_viz.engine.chunks import pair_chunks, reused_chunks
+from tpuckpt_viz.engine.chunks import ordered_map, pair_chunks, reused_chunks, threads_for
 from tpuckpt_viz.engine.reductions import Accumulator, PairAccumulator, delta_sumsq, widen
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.patterns import compile_user
@@ -89,8 +89,17 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
         on_cluster = dask_engine.compare_pairs(
             cluster, ckpt_a, ckpt_b, pairs,
             progress=progress and (lambda done, total: progress(done, len(labels), "cluster")))
+    def compared(i: int) -> dict | None:
+        """The pair's comparison, read here (on one of several threads) unless the cluster
+        has done it; None where the two sides cannot be compared value by value."""
+        ra, rb = recs_a.get(labels[i]), recs_b.get(labels[i])
+        if ra is None or rb is None or ra["dtype"] != rb["dtype"] or ra["shape"] != rb["shape"]:
+            return None
+        return on_cluster.get(i) or compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
+
+    results = ordered_map(compared, range(len(labels)), threads_for(ckpt_a, ckpt_b))
     out = []
-    for i, label in enumerate(labels):
+    for i, (label, result) in enumerate(zip(labels, results)):
         ra, rb = recs_a.get(label), recs_b.get(label)
         rec = ra or rb
         row = {"name": rec["name"], "key_a": ra and ra["key"], "key_b": rb and rb["key"],
@@ -110,7 +119,6 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
         elif ra["shape"] != rb["shape"]:
             row["status"] = "shape_changed"
         else:
-            result = on_cluster.get(i) or compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
             row["status"] = "same" if result.pop("identical") else "changed"
             row.update(result)
         if row["status"] in ("added", "removed", "dtype_changed", "shape_changed"):
@@ -225,6 +233,13 @@ _cache_lock = threading.Lock()
 _CACHE_LIMIT = 512
 
 
+def forget_transitions() -> None:
+    """Empty the memo of checkpoint-to-checkpoint results: the next ``run_steps`` reads
+    every checkpoint again."""
+    with _cache_lock:
+        _transition_cache.clear()
+
+
 def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds,
                 cluster=None) -> list[dict]:
     key = (prev and (prev.prefix, prev.signature), curr.prefix, curr.signature, match,
@@ -253,19 +268,25 @@ def _transition(prev: Checkpoint | None, curr: Checkpoint, match, kinds,
 
         on_cluster = dask_engine.transitions(cluster, prev, curr, [
             (j, p and p["key"], r["key"]) for j, (r, p) in enumerate(todo)])
-    rows = []
-    for j, (r, p) in enumerate(todo):
+    def reduced(j: int) -> tuple:
+        """(accumulator, squared norm of the update) of ``todo[j]``, read here (on one of
+        several threads) unless the cluster has done it."""
         if j in on_cluster:
-            acc, delta_sq = on_cluster[j]
-        elif p is not None:
-            acc, delta_sq = Accumulator(), 0.0
+            return on_cluster[j]
+        r, p = todo[j]
+        acc, delta_sq = Accumulator(), 0.0
+        if p is not None:
             for cp, cc in pair_chunks(prev, p["key"], curr, r["key"]):
                 acc.add(cc)
                 delta_sq += delta_sumsq(widen(cp), widen(cc))
         else:
-            acc, delta_sq = Accumulator(), 0.0
             for cc in reused_chunks(curr, r["key"], "curr"):
                 acc.add(cc)
+        return acc, delta_sq
+
+    rows = []
+    threads = threads_for(*([prev] if prev else []), curr)
+    for (r, p), (acc, delta_sq) in zip(todo, ordered_map(reduced, range(len(todo)), threads)):
         stats = acc.result()
         rows.append({"name": r["name"], "kind": r["kind"], "layer": r["layer"],
                      "key": r["key"], "l2": stats["l2"], "nan": stats["nan"],

@@ -19,7 +19,7 @@ from tpuckpt_viz.checkpoint.reader import open_checkpoint
 from tpuckpt_viz.checkpoint.records import KINDS, list_records, slots_of
 from tpuckpt_viz.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "checkpoints"
 
 LIST_FIELDS = ["key", "name", "shape", "dtype", "numel", "nbytes", "kind", "layer", "slot_of",
                "slot"]

@@ -19,7 +19,7 @@ from tpuckpt_viz.checkpoint import bundle, table
 from tpuckpt_viz.errors import UserError
 from tpuckpt_viz.tfcompat import tf as _tf
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "checkpoints"
 PREFIXES = sorted(str(p)[: -len(".index")] for p in SHARED.rglob("*.index"))
 T5X = SHARED / "t5x_mtf_tiny_t5_PARTIAL" / "model.ckpt-0"
 LINGVO = SHARED / "lingvo_lenet_test_model_PARTIAL" / "lenet_test_model"
@@ -365,5 +365,43 @@ def test_import_does_not_load_tensorflow():
 
     code = "import sys, tpuckpt_viz.checkpoint.bundle; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
+
+
+_LIST_CHILD = r"""
+import contextlib, io, json, sys
+from tpuckpt_viz import cli
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = cli.main(["list", sys.argv[1], "--format", "json"])
+heavy = sorted(m for m in ("tensorflow", "numpy", "ml_dtypes", "pandas", "keras", "h5py",
+                           "streamlit", "asyncio", "gcsfs") if m in sys.modules)
+print(json.dumps({"code": code, "listed": len(json.loads(out.getvalue())), "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize("name", ["t2t_transformer_test_ckpt", "tf2_keras3_adam"])
+def test_listing_a_bundle_loads_no_numpy(name, tmp_path):
+    """``list`` of a bundle reads the index and protos only: no TensorFlow, and not even numpy
+    (a worker or a CLI call starts in a fraction of TensorFlow's import time)."""
+    import json
+    import subprocess
+    import sys
+
+    if name == "t2t_transformer_test_ckpt":
+        path = str(SHARED / name)
+    else:  # a TF2 object-based checkpoint with an object graph and Adam slots
+        path = str(tmp_path / "ckpt")
+        import keras
+
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+        path = _tf().train.Checkpoint(model=model, optimizer=model.optimizer).write(path)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _LIST_CHILD, path], capture_output=True,
+                          text=True, timeout=120, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["code"] == 0 and got["listed"] > 5 and got["heavy"] == [], got

@@ -20,7 +20,7 @@ import pytest
 
 from tpuckpt_viz.cli import commands as cli
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf215"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tf215"
 
 
 def run(capsys, *args):

@@ -25,7 +25,7 @@ from hostile_files import rewrite_entries, tree_hashes, write_index
 from tpuckpt_viz.checkpoint import bundle
 from tpuckpt_viz.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "w/.ATTRIBUTES/VARIABLE_VALUE"
 
 

@@ -15,7 +15,7 @@ import pytest
 from tpuckpt_viz.checkpoint import bundle, protos, table
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "checkpoints"
 INDEXES = sorted(str(p)[:-len(".index")] for p in SHARED.rglob("*.index"))
 TF2 = SHARED / "serving_saved_model_half_plus_two_tf2_cpu" / "00000123" / "variables" / "variables"

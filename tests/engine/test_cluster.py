@@ -33,7 +33,7 @@ from tpuckpt_viz.errors import UserError
 
 pytest.importorskip("distributed")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -160,7 +160,7 @@ def test_workers_import_no_tensorflow(shared):
     ''')
     script = Path(tempfile.mkdtemp()) / "workers_imports.py"
     script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.run([sys.executable, str(script),
                            str(shared / "t2t_transformer_test_ckpt" / "model.ckpt-1")],
                           capture_output=True, text=True, timeout=240, env=env)

@@ -23,7 +23,7 @@ from tpuckpt_viz.checkpoint.reader import open_checkpoint
 from tpuckpt_viz.checkpoint.records import list_records
 from tpuckpt_viz.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "checkpoints"
 SOURCE = SHARED / "tf2onnx_regression" / "checkpoint" / "model"  # W = 0.21396, b = 1.04953
 
 
@@ -235,7 +235,7 @@ def test_run_of_real_estimator_folder(shared):
 # ----------------------------------------------------------------- other formats
 
 def test_keras_files_open_as_keras(tf, tmp_path):
-    """Keras files are read (tests/test_keras_files.py covers them): they resolve to the
+    """Keras files are read (tests/checkpoint/test_keras_files.py covers them): they resolve to the
     file itself, told by its bytes."""
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.save(str(tmp_path / "model.keras"))

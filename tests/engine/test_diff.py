@@ -332,3 +332,40 @@ def test_unnumbered_run_is_labelled_by_save(tf, tmp_path):
     ("run/checkpoint", None), ("run/weights.05.weights.h5", 5), ("epoch_0/checkpoint", None)])
 def test_file_number(prefix, number):
     assert file_number(prefix) == number
+
+
+def test_ordered_map_keeps_the_order_and_raises_at_its_item():
+    import time
+
+    from tpuckpt_viz.engine.chunks import ordered_map
+
+    def slow_first(i):
+        time.sleep(0.05 if i == 0 else 0)  # the first call finishes last
+        if i == 7:
+            raise UserError("item 7")
+        return i * i
+
+    got = []
+    with pytest.raises(UserError, match="item 7"):
+        for value in ordered_map(slow_first, range(20), threads=4):
+            got.append(value)
+    assert got == [i * i for i in range(7)]
+    assert list(ordered_map(abs, [-3, 2, -1], threads=1)) == [3, 2, 1]
+
+
+def test_threads_change_no_number(demo_run, monkeypatch):
+    """diff and steps read several tensors at once; each is reduced on its own, so the
+    records are exactly those of one tensor at a time."""
+    from tpuckpt_viz.engine import chunks, diff
+
+    prefixes = sorted(str(p)[: -len(".index")] for p in demo_run.glob("ckpt-*.index"))
+    a, b = open_checkpoint(prefixes[0]), open_checkpoint(prefixes[-1])
+    many = diff_checkpoints(a, b)
+    diff.forget_transitions()
+    steps_many = run_steps(str(demo_run))
+    monkeypatch.setattr(chunks, "LOCAL_THREADS", 1)
+    diff.forget_transitions()
+    one = diff_checkpoints(open_checkpoint(prefixes[0]), open_checkpoint(prefixes[-1]))
+    assert [r["status"] for r in many].count("changed") > 3
+    assert many == one
+    assert run_steps(str(demo_run)) == steps_many

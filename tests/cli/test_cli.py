@@ -20,7 +20,7 @@ import pytest
 
 from tpuckpt_viz.cli import commands as cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 V = "/.ATTRIBUTES/VARIABLE_VALUE"
 NOISE = ("onednn", "absl::initializelog", "cuda", "traceback", "warning", "tensorflow/core",
          "i0000", "e0000", "w0000")
