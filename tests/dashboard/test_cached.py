@@ -17,7 +17,7 @@ import pytest
 from tpuckpt_viz.checkpoint.reader import open_checkpoint
 from tpuckpt_viz.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "tpuckpt_viz" / "dashboard"
 
 
