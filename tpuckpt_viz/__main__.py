@@ -1,8 +1,6 @@
 """``python -m tpuckpt_viz``: the command line."""
 
-import sys
-
-from tpuckpt_viz.cli import main
+from tpuckpt_viz.cli import main_entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_entry()

@@ -184,9 +184,17 @@ def test_chunks_are_slices_and_bounded(keras3_run):
         f.seek(plan.ranges[0].offset)
         raw = np.frombuffer(f.read(64), np.float32)
     np.testing.assert_array_equal(raw, ckpt.read(key).reshape(-1))
-    # Inside a .keras zip: read through h5py, in slabs.
+    # Inside a .keras zip (Keras stores its weights member uncompressed): the byte range in
+    # the archive itself; chunks() still reads through h5py, in slabs.
     archive = open_checkpoint(str(keras3_run["keras"]))
-    assert not archive.plan(key).streamable
+    plan = archive.plan(key)
+    assert plan.streamable and plan.ranges[0].path == str(keras3_run["keras"])
+    with zipfile.ZipFile(keras3_run["keras"]) as z:
+        assert z.getinfo("model.weights.h5").compress_type == zipfile.ZIP_STORED
+    with open(keras3_run["keras"], "rb") as f:
+        f.seek(plan.ranges[0].offset)
+        raw = np.frombuffer(f.read(64), np.float32)
+    np.testing.assert_array_equal(raw, ckpt.read(key).reshape(-1))
     assert [c.size for c in archive.chunks(key, chunk_bytes=32)] == [8, 8]
 
 

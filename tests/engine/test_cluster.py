@@ -4,7 +4,9 @@ One local cluster of 2 worker processes on 127.0.0.1 serves the whole module (st
 stopped at the end). ``stats``, ``diff`` and ``steps`` on it must give exactly the in-process
 results, on the real checkpoints of ``../shared/checkpoints`` and on a generated run whose
 tensors span many tasks (NaN and Inf, bfloat16, float64 near its range's edge, a tensor whose
-first chunk changed and the rest did not). Then: the CLI's ``--workers 2`` leaves no process
+first chunk changed and the rest did not), on Keras files (their contiguous datasets are byte
+ranges too: ``.weights.h5``, ``.h5``, a stored ``.keras``) and on the GCS emulator's ``gs://``
+(the workers fetch the bytes themselves). Then: the CLI's ``--workers 2`` leaves no process
 behind; an error on a worker is the in-process one-line error; a worker killed mid-run.
 """
 
@@ -38,8 +40,12 @@ VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """2 worker processes, one thread each, no dashboard, on 127.0.0.1; stopped at the end."""
+def cluster(gcs):
+    """2 worker processes, one thread each, no dashboard, on 127.0.0.1; stopped at the end.
+
+    Started once the GCS emulator's settings are in the environment (the ``gcs`` fixture):
+    the workers inherit them, as those of ``--workers N`` inherit the command's, and read
+    ``gs://`` from the emulator themselves."""
     c = dask_engine.open_cluster(workers=2)
     assert len(c.client.scheduler_info()["workers"]) == 2
     yield c
@@ -289,6 +295,205 @@ def test_a_worker_killed_mid_run(big_run, cluster):
     assert killed
     client.wait_for_workers(2, timeout=120)  # the nanny starts a new one
     assert victim not in client.run(os.getpid).values()
+
+
+# ------------------------------------------------------------------------ Keras files
+
+KERAS_FIXTURES = ROOT / "tests" / "fixtures" / "tf215"
+
+
+@pytest.fixture(scope="module")
+def keras_files(tf, tmp_path_factory):
+    """Keras 3 files written by Keras: a ModelCheckpoint run ``run/w.0{1,2}.weights.h5`` of a
+    model with a 2 MiB kernel trained with Adam, ``model.keras`` (Keras stores its weights
+    member uncompressed) and ``deflated.keras`` (the same archive, deflated); and ``odd.h5``
+    written by h5py: the same values in both byte orders, chunked and gzip-compressed, float16,
+    int16, with a NaN and an Inf; ``userblock.h5``, HDF5 after a 1 KiB user block. Returns the
+    folder."""
+    import zipfile
+
+    import h5py
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((512,), name="x")
+    h = keras.layers.Dense(1024, name="wide")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    out = keras.layers.Dense(3, name="out")(h)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 512)).astype("float32")
+    y = rng.normal(size=(32, 3)).astype("float32")
+    folder = tmp_path_factory.mktemp("keras_dask")
+    (folder / "run").mkdir()
+    saver = keras.callbacks.ModelCheckpoint(str(folder / "run" / "w.{epoch:02d}.weights.h5"),
+                                            save_weights_only=True)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[saver])
+    model.save(str(folder / "model.keras"))
+    with zipfile.ZipFile(folder / "model.keras") as src, \
+            zipfile.ZipFile(folder / "deflated.keras", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    v = rng.normal(size=(700, 900)).astype("float32")
+    v[5, 5], v[600, 1] = np.nan, np.inf
+    with h5py.File(folder / "odd.h5", "w") as f:
+        f.create_dataset("little/f4", data=v)
+        f.create_dataset("big/f4", data=v.astype(">f4"))
+        f.create_dataset("big/f8", data=v.astype(">f8"))
+        f.create_dataset("big/i2", data=(np.nan_to_num(v[:50]) * 100).astype(">i2"))
+        f.create_dataset("little/f2", data=v[:100].astype("<f2"))
+        f.create_dataset("gzip/f4", data=v, chunks=(64, 900), compression="gzip")
+    with h5py.File(folder / "userblock.h5", "w", userblock_size=1024) as f:
+        f.create_dataset("f4", data=v[:300])  # offsets count the user block before HDF5
+    return folder
+
+
+def _keras_paths(folder: Path) -> list[Path]:
+    return (sorted((folder / "run").glob("*.weights.h5"))
+            + [folder / "model.keras", folder / "deflated.keras", folder / "odd.h5",
+               folder / "userblock.h5"]
+            + [KERAS_FIXTURES / n for n in ("keras2_full.h5", "keras2_full_legacy_adam.h5",
+                                            "keras2_weights.h5")])
+
+
+def test_keras_plans_are_the_bytes_h5py_reads(keras_files):
+    """A contiguous dataset's plan is one byte range of the file (of the archive itself for a
+    stored .keras), in its byte order, holding exactly what h5py reads; chunked, compressed
+    and deflated ones have none (read through h5py)."""
+    from tpuckpt_viz.checkpoint import shards
+
+    planned = 0
+    for path in _keras_paths(keras_files):
+        ckpt = open_checkpoint(str(path))
+        assert type(ckpt).__name__ == "KerasCheckpoint"
+        for key, entry in ckpt.entries.items():
+            plan = ckpt.plan(key)
+            want = path.name != "deflated.keras" and not key.startswith("gzip/") \
+                and entry.numel > 0
+            assert plan.streamable == want, (path, key)
+            if not want:
+                continue
+            planned += 1
+            assert plan.ranges[0].path == str(path) and plan.crc32c is None
+            chunks = list(shards.iter_chunks(plan, 1 << 20))
+            value = ckpt.read(key)
+            assert {c.dtype for c in chunks} == {value.dtype}, (path, key)  # '>f4' stays
+            assert b"".join(c.tobytes() for c in chunks) == value.tobytes(), (path, key)
+            # and the workers can read it, in ranges of whole blocks
+            assert dask_engine.tensor_ranges(ckpt, key, 4096, 1 << 20), (path, key)
+    assert planned >= 60
+    odd = open_checkpoint(str(keras_files / "odd.h5"))
+    assert odd.plan("big/f4").dtype == np.dtype(">f4")
+
+
+def _transitions(cluster) -> int:
+    def counter(dask_scheduler):
+        return dask_scheduler.transition_counter
+
+    return cluster.client.run_on_scheduler(counter)
+
+
+def test_keras_stats_diff_and_steps_on_the_cluster(keras_files, cluster):
+    """Bit for bit the in-process results, tensors spanning several tasks; the work goes to
+    the workers (the scheduler's counter moves)."""
+    c = small_tasks(cluster, 1 << 20)
+    for path in _keras_paths(keras_files):
+        ckpt = open_checkpoint(str(path))
+        local = stats_of(ckpt)
+        before = _transitions(cluster)
+        assert_same(local, stats_of(ckpt, c))
+        assert (_transitions(cluster) > before) == (path.name != "deflated.keras"), path
+        assert_same(local, stats_of(ckpt, cluster))
+        assert_same(stats_of(ckpt, keep_sample=True), stats_of(ckpt, c, keep_sample=True))
+    odd = {r.pop("key"): r for r in stats_of(open_checkpoint(str(keras_files / "odd.h5")))}
+    assert odd["big/f4"] == odd["little/f4"] == odd["gzip/f4"]  # same values, any storage
+    assert odd["big/f4"]["nan"] == 1 and odd["big/f4"]["inf"] == 1
+    run = keras_files / "run"
+    w1, w2 = (open_checkpoint(str(p)) for p in sorted(run.glob("*.weights.h5")))
+    archive = open_checkpoint(str(keras_files / "model.keras"))
+    deflated = open_checkpoint(str(keras_files / "deflated.keras"))
+    odd = open_checkpoint(str(keras_files / "odd.h5"))
+    for x, y in ((w1, w2), (w2, w1), (w2, archive), (archive, deflated), (odd, odd)):
+        local = diff.diff_checkpoints(x, y)
+        assert_same(local, diff.diff_checkpoints(x, y, cluster=c))
+        assert_same(local, diff.diff_checkpoints(x, y, cluster=cluster))
+    assert any(r["status"] == "changed" for r in diff.diff_checkpoints(w1, w2))
+    assert {r["status"] for r in diff.diff_checkpoints(archive, deflated)} == {"same"}
+    assert_same(steps_of(run), steps_of(run, c))
+
+
+def test_keras_cli_on_the_cluster(keras_files, cluster, capsys, monkeypatch):
+    """``stats`` and ``diff`` of Keras files print the same JSON on the cluster."""
+    from tpuckpt_viz.cli import main
+
+    run = sorted((keras_files / "run").glob("*.weights.h5"))
+    commands = [["stats", str(keras_files / "model.keras")], ["stats", str(run[1])],
+                ["diff", str(run[0]), str(run[1])]]
+    expected = []
+    for argv in commands:
+        assert main(argv + ["--format", "json"]) == 0
+        expected.append(capsys.readouterr().out)
+    monkeypatch.setenv("TPUCKPT_SCHEDULER", cluster.address)
+    before = _transitions(cluster)
+    for argv, want in zip(commands, expected):
+        assert main(argv + ["--format", "json"]) == 0
+        assert capsys.readouterr().out == want, argv
+    assert _transitions(cluster) > before
+
+
+# ------------------------------------------------------------------------ gs://
+
+def test_gs_on_the_cluster(gcs, cluster, shared, keras_files):
+    """Bundles and Keras files on the emulator's gs://: stats and diff on the cluster are
+    exactly the in-process results, the workers fetching the bytes from storage themselves."""
+    from tpuckpt_viz.checkpoint import remote
+
+    taxi = shared / "tfx_chicago_taxi_estimator"
+    t2t = gcs.upload(shared / "t2t_transformer_test_ckpt", "dask/t2t") + "/model.ckpt-1"
+    steps = [gcs.upload(taxi / name, f"dask/taxi/{name}") for name in
+             ("model.ckpt-0", "model.ckpt-1000")]
+    keras_run = gcs.upload(keras_files / "run", "dask/keras/run")
+    archive = gcs.upload(keras_files / "model.keras", "dask/keras/model.keras")
+    w1, w2 = (f"{keras_run}/w.0{n}.weights.h5" for n in (1, 2))
+    local = {t2t: shared / "t2t_transformer_test_ckpt" / "model.ckpt-1",
+             steps[0]: taxi / "model.ckpt-0", steps[1]: taxi / "model.ckpt-1000",
+             w1: keras_files / "run" / "w.01.weights.h5",
+             w2: keras_files / "run" / "w.02.weights.h5",
+             archive: keras_files / "model.keras"}
+    emulator = gcs.proxy.url
+
+    def settings():
+        return os.environ.get("STORAGE_EMULATOR_HOST")
+
+    assert set(cluster.client.run(settings).values()) == {emulator}
+    c = small_tasks(cluster, 1 << 20)
+    for url, path in local.items():
+        ckpt = open_checkpoint(url)
+        assert all(r.source.startswith("gs://ckpts/dask/") for k in ckpt.entries
+                   if streamed(ckpt, k)
+                   for r in dask_engine.tensor_ranges(ckpt, k, 4096, 1 << 20)), url
+        want = stats_of(open_checkpoint(str(path)))
+        gcs.proxy.reset()
+        assert_same(want, stats_of(ckpt, c))
+        tensors = sum(ckpt.plan(k).nbytes for k in ckpt.entries if streamed(ckpt, k))
+        assert gcs.proxy.bytes >= tensors > 0, url  # fetched again, by the workers
+        if "/keras/" not in url:  # 250 and 60 tensors: small ones close together share a read
+            assert gcs.proxy.requests <= 8, (url, gcs.proxy.requests)
+    for a, b in ((steps[0], steps[1]), (w1, w2), (archive, w2)):
+        x, y = open_checkpoint(a), open_checkpoint(b)
+        want = diff.diff_checkpoints(open_checkpoint(str(local[a])),
+                                     open_checkpoint(str(local[b])))
+        assert_same(want, diff.diff_checkpoints(x, y, cluster=c))
+
+    def reads_gs():
+        return "gs" in remote._filesystems
+
+    assert all(cluster.client.run(reads_gs).values())
+
+
+def streamed(ckpt, key) -> bool:
+    return dask_engine.streamed(ckpt, key) and ckpt.entries[key].dtype != "string"
 
 
 # ------------------------------------------------------------------------ the command line

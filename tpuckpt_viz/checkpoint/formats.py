@@ -3,13 +3,14 @@
 People pass whatever their training wrote: a Keras HDF5 file without an extension, a ``.keras``
 zip, a TFLite flatbuffer, a frozen GraphDef, an ONNX model. The first bytes say which; files this
 tool reads go to their reader, the others get a message that names the format and what to do.
-Nothing here imports TensorFlow, except :func:`foreign_message` for a ``.pb`` (to tell a frozen
-GraphDef from other protobufs).
+Nothing here imports TensorFlow: a ``.pb`` is told a frozen GraphDef with the project's own
+definition of the message (:mod:`tpuckpt_viz.checkpoint.protos`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -79,20 +80,26 @@ def sniff(path: str) -> str | None:
     return None
 
 
-def _is_graphdef(path: str) -> bool:
-    try:
-        from tpuckpt_viz.tfcompat import tf
+# TensorFlow's rules for node and op names (graph import refuses others).
+_NODE_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/>]*")
+_OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_>]*")
 
-        tf()  # quiet import first: the protos alone print TF's banner
-        from tensorflow.core.framework import graph_pb2
+
+def _is_graphdef(path: str) -> bool:
+    """Whether the file parses as a GraphDef with nodes that TensorFlow would import: our
+    GraphDef keeps attribute values and the function library undecoded, so other protobufs
+    that parse at the top level are told by their node and op names."""
+    try:
+        from tpuckpt_viz.checkpoint import protos
 
         with open_binary(path) as f:
             raw = f.read(256 << 20)
-        graph = graph_pb2.GraphDef()
+        graph = protos.GraphDef()
         graph.ParseFromString(raw)
-        return len(graph.node) > 0
     except Exception:
         return False
+    return len(graph.node) > 0 and all(
+        _NODE_NAME.fullmatch(n.name) and _OP_NAME.fullmatch(n.op) for n in graph.node)
 
 
 def foreign_message(path: str) -> str | None:

@@ -26,6 +26,9 @@ Layouts (Keras 3.15; Keras 2.0-2.15):
 
 Nothing here imports Keras or TensorFlow, and nothing is written anywhere: a ``.keras`` archive's
 ``model.weights.h5`` is read in place inside the zip (h5py reads the member as a file object).
+:meth:`KerasCheckpoint.plan` gives a contiguous, uncompressed dataset its byte range in the
+file (in the archive itself when the member is stored uncompressed, as Keras writes it), so
+the statistics engine and Dask workers read it like a bundle's shard.
 """
 
 from __future__ import annotations
@@ -199,6 +202,10 @@ class KerasCheckpoint:
         self.settings = ReadSettings.from_config()  # read once, as Checkpoint does
         self._lock = threading.RLock()
         self._zip = None
+        # A .keras's weights member stored uncompressed: (its first byte's offset in the
+        # archive, its size); None for a deflated one (read through h5py only).
+        self._member: tuple[int, int] | None = None
+        self._plans: dict[str, ReadPlan] = {}
         self._config: dict | None = None
         self._file = self._open()
         try:
@@ -236,6 +243,7 @@ class KerasCheckpoint:
                             self._config = parsed if isinstance(parsed, dict) else None
                         else:
                             self.metadata = parsed
+                self._member = self._stored_member("model.weights.h5")
                 # Read in place: a seekable member, never unpacked to disk.
                 return h5py.File(self._zip.open("model.weights.h5"), "r")
             if kind == "hdf5":
@@ -248,6 +256,30 @@ class KerasCheckpoint:
             raise UserError(f"cannot open Keras file {self.path}: {first_line(exc)}") from None
         raise UserError(f"{self.path} is neither an HDF5 file nor a .keras zip: pass a Keras "
                         ".weights.h5, .keras or .h5 file")
+
+    def _stored_member(self, name: str) -> tuple[int, int] | None:
+        """Where the bytes of zip member ``name`` start in the archive, and their size, when
+        the member is stored as is (Keras writes ``.keras`` archives uncompressed): its HDF5
+        datasets then have byte ranges in the archive itself. None otherwise."""
+        info = self._zip.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # 0x1: encrypted
+            return None
+        try:
+            with formats.open_binary(self.prefix) as f:
+                f.seek(info.header_offset)
+                header = f.read(30)
+                # The local header's name and extra field lengths (they may differ from the
+                # central directory's), then the data; HDF5 data starts with its signature.
+                if len(header) < 30 or header[:4] != formats.ZIP_MAGIC:
+                    return None
+                start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") \
+                    + int.from_bytes(header[28:30], "little")
+                f.seek(start)
+                if f.read(len(formats.HDF5_MAGIC)) != formats.HDF5_MAGIC:
+                    return None
+        except Exception:
+            return None
+        return start, info.file_size
 
     def _collect(self) -> dict:
         import h5py
@@ -296,9 +328,9 @@ class KerasCheckpoint:
         out = _Layout("keras3")
         owners: dict[str, list[str]] = {}  # object path -> dataset keys under its vars/
         for key in self._datasets:
-            head, sep, index = key.rpartition("/vars/")
+            head, sep, _ = key.rpartition("/vars/")
             if not sep and key.startswith("vars/"):
-                head, index = "", key[len("vars/"):]
+                head = ""
             elif not sep:
                 out.names[key] = key
                 continue
@@ -699,32 +731,50 @@ class KerasCheckpoint:
 
     def plan(self, key: str) -> ReadPlan:
         """How to read ``key`` (:class:`tpuckpt_viz.checkpoint.shards.ReadPlan`): the byte range
-        of a contiguous, unfiltered dataset of a plain HDF5 file (the engine then streams it
-        like a bundle's shard; HDF5 keeps no checksum), else a plan without ranges: read it
-        through h5py (:meth:`chunks`). Datasets inside a ``.keras`` zip are read through h5py."""
+        of a contiguous, unfiltered dataset (the engine then streams it like a bundle's shard,
+        and a Dask worker reads it itself; HDF5 keeps no checksum), in the HDF5 file or, for a
+        ``.keras`` whose weights are stored uncompressed (as Keras writes them), in the
+        archive; else a plan without ranges: read it through h5py (:meth:`chunks`)."""
+        entry = self._check(key)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(key, entry)
+        return plan
+
+    def _plan(self, key: str, entry: KerasEntry) -> ReadPlan:
         from tpuckpt_viz.checkpoint.shards import Range
 
-        entry = self._check(key)
-        if self._zip is not None or entry.numel == 0 or entry.dtype == "string":
-            return ReadPlan(key, entry.shape)
+        whole = ReadPlan(key, entry.shape)
+        if (self._zip is not None and self._member is None) or entry.numel == 0 \
+                or entry.dtype == "string":
+            return whole
         ds = self._datasets[key]
         try:
             with self._lock:
                 offset = ds.id.get_offset()
                 stored = ds.id.get_storage_size()
-                plain = ds.chunks is None and ds.compression is None
+                plain = (ds.chunks is None and ds.compression is None and ds.external is None
+                         and not ds.is_virtual)
         except Exception:
-            return ReadPlan(key, entry.shape)
-        if offset is None or not plain or stored != entry.nbytes or ds.dtype.byteorder == ">":
-            return ReadPlan(key, entry.shape)
+            return whole
+        if offset is None or not plain or stored != entry.nbytes:
+            return whole
         if entry.dtype == "bfloat16":
+            if ds.dtype.byteorder == ">":  # the bits of a big-endian uint16: read by h5py
+                return whole
             import ml_dtypes
 
             dtype = np.dtype(ml_dtypes.bfloat16)
         else:
-            dtype = np.dtype(ds.dtype)
-        return ReadPlan(key, entry.shape, dtype, (Range(self.prefix, int(offset),
-                                                         entry.nbytes),), None)
+            dtype = np.dtype(ds.dtype)  # with its byte order: HDF5 keeps either
+        offset = int(offset)
+        if self._member is not None:
+            start, size = self._member
+            if offset + entry.nbytes > size:
+                return whole
+            offset += start
+        return ReadPlan(key, entry.shape, dtype, (Range(self.prefix, offset, entry.nbytes),),
+                        None)
 
     def streamable(self, key: str) -> bool:
         return self.plan(key).streamable
@@ -791,7 +841,10 @@ class KerasCheckpoint:
                 self._file.close()
             finally:
                 if self._zip is not None:
+                    raw = self._zip.fp  # a file object we passed in: ZipFile leaves it open
                     self._zip.close()
+                    if raw is not None:
+                        raw.close()
 
 
 def looks_like_keras(path: str) -> bool:

@@ -13,16 +13,16 @@ statement of what each variable is, so they come before the name rules:
 - ``model_variables`` (not trainable): a model parameter or statistic, never optimizer state;
 - ``local_variables``: metric accumulators.
 
-Reading the MetaGraphDef uses TensorFlow's protos (only where a ``.meta`` or a TF1 SavedModel
-exists).
+The MetaGraphDef is decoded with the project's own definitions of the few messages involved
+(:mod:`tpuckpt_viz.checkpoint.protos`): a TF1 checkpoint with its ``.meta`` lists without
+importing TensorFlow.
 """
 
 from __future__ import annotations
 
 import threading
 
-from tpuckpt_viz.checkpoint import formats
-from tpuckpt_viz.tfcompat import tf
+from tpuckpt_viz.checkpoint import formats, protos
 
 # Collection -> hinted kind, strongest first.
 COLLECTIONS = (
@@ -56,13 +56,10 @@ def _read(path: str, limit: int = _MAX_META_BYTES) -> bytes | None:
 
 def _variable_names(collection) -> list[str]:
     """Op names of the variables in a CollectionDef (VariableDef bytes, or node names)."""
-    tf()  # quiet import first: the protos alone print TF's banner
-    from tensorflow.core.framework import variable_pb2
-
     names = []
     if collection.HasField("bytes_list"):
         for raw in collection.bytes_list.value:
-            var = variable_pb2.VariableDef()
+            var = protos.VariableDef()
             try:
                 var.ParseFromString(raw)
             except Exception:
@@ -94,13 +91,10 @@ def meta_file(prefix: str) -> str | None:
 
 
 def _saved_model_meta_graphs(saved_model_dir: str):
-    tf()  # quiet import first: the protos alone print TF's banner
-    from tensorflow.core.protobuf import saved_model_pb2
-
     raw = _read(saved_model_dir.rstrip("/") + "/saved_model.pb")
     if raw is None:
         return []
-    model = saved_model_pb2.SavedModel()
+    model = protos.SavedModel()
     try:
         model.ParseFromString(raw)
     except Exception:
@@ -126,14 +120,9 @@ def collection_hints(ckpt) -> dict[str, tuple[str, None]]:
     hints: dict[str, tuple[str, None]] = {}
     try:
         if meta is not None:
-            from tpuckpt_viz.tfcompat import tf
-
-            tf()  # imported quietly first: TensorFlow's start-up lines stay off stderr
-            from tensorflow.core.protobuf import meta_graph_pb2
-
             raw = _read(meta)
             if raw is not None:
-                graph = meta_graph_pb2.MetaGraphDef()
+                graph = protos.MetaGraphDef()
                 graph.ParseFromString(raw)
                 hints = hints_from_meta_graph(graph, ckpt.entries)
         elif saved_model_dir is not None:

@@ -4,7 +4,9 @@
 ``__init__``): seconds, and 600 MB that a worker reading shards does not need. The field
 numbers and types below are public facts of the formats (TensorFlow's ``tensor_bundle.proto``,
 ``tensor_shape.proto``, ``tensor_slice.proto``, ``versions.proto``,
-``trackable_object_graph.proto`` and ``checkpoint_state.proto``), declared here under the
+``trackable_object_graph.proto``, ``checkpoint_state.proto``; and for a TF1 graph's
+collections ``meta_graph.proto``, ``saved_model.proto``, ``variable.proto``, ``graph.proto``,
+``node_def.proto``), declared here under the
 package ``tpuckpt_viz.tf`` in a PRIVATE descriptor pool: registering them as ``tensorflow.*``
 in protobuf's default pool would make a later ``import tensorflow`` fail with "duplicate
 symbol". The tests decode every real checkpoint with these and with TensorFlow's own classes,
@@ -14,11 +16,17 @@ Differences from TensorFlow's definitions, on purpose: enum fields (``DataType``
 ``Endianness``) are declared ``int32`` (the same varint on the wire; values outside the enum
 stay visible as numbers for the index validation); the object graph leaves out the fields
 nothing here reads (``registered_saver``, ``has_checkpoint_values``), which protobuf keeps as
-unknown fields.
+unknown fields. The meta graph messages hold only what is read: a ``MetaGraphDef``'s
+``meta_info_def`` (its ``tags``) and ``collection_def``; a ``VariableDef``'s names and flags; a
+``SavedModel``'s ``meta_graphs``. A ``GraphDef`` (to tell a frozen graph from other protobufs)
+declares every field with its wire type, so a file parses exactly where TensorFlow's parses at
+that level, but keeps a node's ``attr`` values and the graph's ``library`` and ``debug_info``
+as undecoded bytes.
 
 Public classes: :data:`BundleHeaderProto`, :data:`BundleEntryProto`, :data:`TensorShapeProto`,
 :data:`TensorSliceProto`, :data:`VersionDef`, :data:`TrackableObjectGraph`,
-:data:`CheckpointState`.
+:data:`CheckpointState`, :data:`CollectionDef`, :data:`MetaGraphDef`, :data:`SavedModel`,
+:data:`VariableDef`, :data:`GraphDef`, :data:`NodeDef`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ PACKAGE = "tpuckpt_viz.tf"
 _T = descriptor_pb2.FieldDescriptorProto
 _INT32, _INT64, _FIXED32, _BOOL = _T.TYPE_INT32, _T.TYPE_INT64, _T.TYPE_FIXED32, _T.TYPE_BOOL
 _STRING, _DOUBLE, _MESSAGE = _T.TYPE_STRING, _T.TYPE_DOUBLE, _T.TYPE_MESSAGE
+_BYTES, _FLOAT = _T.TYPE_BYTES, _T.TYPE_FLOAT
 _ONE, _MANY = _T.LABEL_OPTIONAL, _T.LABEL_REPEATED
 
 
@@ -47,6 +56,15 @@ def _message(name: str, fields: list, nested: tuple = (), oneofs: dict | None = 
         for f in msg.field:
             if f.name in members:
                 f.oneof_index = i
+    return msg
+
+
+def _map_entry(name: str, key_type: int, value: tuple):
+    """The nested ``<Name>Entry`` message of a ``map<>`` field: ``value`` is (type[, message
+    type name])."""
+    msg = _message(name, [("key", 1, key_type, _ONE), ("value", 2, *value[:1], _ONE,
+                                                       *value[1:])])
+    msg.options.map_entry = True
     return msg
 
 
@@ -102,6 +120,68 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             ("all_model_checkpoint_timestamps", 3, _DOUBLE, _MANY),
             ("last_preserved_timestamp", 4, _DOUBLE, _ONE),
         ]),
+        # meta_graph.proto: only the collections and the tags.
+        _message("CollectionDef", [
+            ("node_list", 1, _MESSAGE, _ONE, "CollectionDef.NodeList"),
+            ("bytes_list", 2, _MESSAGE, _ONE, "CollectionDef.BytesList"),
+            ("int64_list", 3, _MESSAGE, _ONE, "CollectionDef.Int64List"),
+            ("float_list", 4, _MESSAGE, _ONE, "CollectionDef.FloatList"),
+            ("any_list", 5, _MESSAGE, _ONE, "CollectionDef.AnyList"),
+        ], nested=(
+            _message("NodeList", [("value", 1, _STRING, _MANY)]),
+            _message("BytesList", [("value", 1, _BYTES, _MANY)]),
+            _message("Int64List", [("value", 1, _INT64, _MANY)]),
+            _message("FloatList", [("value", 1, _FLOAT, _MANY)]),
+            # google.protobuf.Any: type_url = 1, value = 2
+            _message("AnyList", [("value", 1, _MESSAGE, _MANY, "CollectionDef.AnyList.Any")],
+                     nested=(_message("Any", [("type_url", 1, _STRING, _ONE),
+                                              ("value", 2, _BYTES, _ONE)]),)),
+        ), oneofs={"kind": ("node_list", "bytes_list", "int64_list", "float_list",
+                            "any_list")}),
+        _message("MetaGraphDef", [
+            ("meta_info_def", 1, _MESSAGE, _ONE, "MetaGraphDef.MetaInfoDef"),
+            ("collection_def", 4, _MESSAGE, _MANY, "MetaGraphDef.CollectionDefEntry"),
+        ], nested=(
+            _message("MetaInfoDef", [("meta_graph_version", 1, _STRING, _ONE),
+                                     ("tags", 4, _STRING, _MANY),
+                                     ("tensorflow_version", 5, _STRING, _ONE),
+                                     ("tensorflow_git_version", 6, _STRING, _ONE)]),
+            _map_entry("CollectionDefEntry", _STRING, (_MESSAGE, "CollectionDef")),
+        )),
+        # saved_model.proto
+        _message("SavedModel", [
+            ("saved_model_schema_version", 1, _INT64, _ONE),
+            ("meta_graphs", 2, _MESSAGE, _MANY, "MetaGraphDef"),
+        ]),
+        # variable.proto (enums as int32, as above; save_slice_info_def left out)
+        _message("VariableDef", [
+            ("variable_name", 1, _STRING, _ONE),
+            ("initializer_name", 2, _STRING, _ONE),
+            ("snapshot_name", 3, _STRING, _ONE),
+            ("is_resource", 5, _BOOL, _ONE),
+            ("initial_value_name", 6, _STRING, _ONE),
+            ("trainable", 7, _BOOL, _ONE),
+            ("synchronization", 8, _INT32, _ONE),
+            ("aggregation", 9, _INT32, _ONE),
+        ]),
+        # graph.proto and node_def.proto: every field at its wire type; nested messages that
+        # nothing reads (attribute values, the function library, debug info) as bytes.
+        _message("NodeDef", [
+            ("name", 1, _STRING, _ONE),
+            ("op", 2, _STRING, _ONE),
+            ("input", 3, _STRING, _MANY),
+            ("device", 4, _STRING, _ONE),
+            ("attr", 5, _MESSAGE, _MANY, "NodeDef.AttrEntry"),
+            ("experimental_debug_info", 6, _BYTES, _ONE),
+            ("experimental_type", 7, _BYTES, _ONE),
+        ], nested=(_map_entry("AttrEntry", _STRING, (_BYTES,)),)),
+        _message("GraphDef", [
+            ("node", 1, _MESSAGE, _MANY, "NodeDef"),
+            ("library", 2, _BYTES, _ONE),
+            ("version", 3, _INT32, _ONE),
+            ("versions", 4, _MESSAGE, _ONE, "VersionDef"),
+            ("debug_info", 5, _BYTES, _ONE),
+        ]),
     ])
     return fdp
 
@@ -121,3 +201,9 @@ BundleHeaderProto = _class("BundleHeaderProto")
 BundleEntryProto = _class("BundleEntryProto")
 TrackableObjectGraph = _class("TrackableObjectGraph")
 CheckpointState = _class("CheckpointState")
+CollectionDef = _class("CollectionDef")
+MetaGraphDef = _class("MetaGraphDef")
+SavedModel = _class("SavedModel")
+VariableDef = _class("VariableDef")
+NodeDef = _class("NodeDef")
+GraphDef = _class("GraphDef")

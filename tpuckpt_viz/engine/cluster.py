@@ -11,10 +11,12 @@ whatever order the tasks finished; it checks each tensor's checksum by combining
 crc32c values (:func:`crc32c_combine`).
 
 What goes to the cluster: tensors whose read plan (:meth:`Checkpoint.plan`) is one byte
-range of a file the workers can open themselves: plain numeric tensors of V2 bundles on a
-disk they share, or on gs:// (read through :mod:`tpuckpt_viz.checkpoint.storage`). Strings,
-sliced (partitioned) variables, V1 files, Keras files (no byte-range plans yet) and
-``ram://`` are read in-process, in their turn.
+range of a file the workers can open themselves, on a disk they share or on gs:// (read
+through :mod:`tpuckpt_viz.checkpoint.storage`): plain numeric tensors of V2 bundles, and the
+contiguous, uncompressed datasets of Keras HDF5 files (``.weights.h5``, ``.h5``, and a
+``.keras`` archive's stored weights member), in either byte order; those have no checksum,
+so the workers compute none for them. Strings, sliced (partitioned) variables, V1 files,
+chunked or compressed HDF5 datasets and ``ram://`` are read in-process, in their turn.
 
 :func:`connect` gives a :class:`Cluster` for ``--scheduler ADDRESS`` (an existing scheduler) or
 ``--workers N`` (a local cluster of N processes, shut down with the command), else None.
@@ -115,7 +117,8 @@ class TensorRange:
     """Bytes of one tensor in one file: ``length`` bytes at ``offset`` of ``source`` (what a
     worker opens: an absolute local path or a gs:// URL; ``path`` is the one messages show),
     starting at element ``first`` of the tensor, whose dtype is ``dtype`` (see
-    :func:`_dtype_spec`)."""
+    :func:`_dtype_spec`); ``checked``: whether the format keeps a checksum of these bytes
+    (the worker then returns their crc32c, else 0)."""
 
     key: str
     path: str
@@ -124,6 +127,7 @@ class TensorRange:
     length: int
     dtype: tuple[str, bool]
     first: int
+    checked: bool = True
 
     def numpy_dtype(self) -> np.dtype:
         return _from_spec(*self.dtype)
@@ -172,10 +176,11 @@ def tensor_ranges(ckpt, key: str, align: int, task_bytes: int) -> list[TensorRan
     itemsize = plan.dtype.itemsize
     per = max(align, task_bytes // align * align)
     spec = _dtype_spec(plan.dtype)
+    checked = plan.crc32c is not None
     return [TensorRange(key, r.path, source, r.offset + done, min(per, r.nbytes - done), spec,
-                        done // itemsize)
+                        done // itemsize, checked)
             for done in range(0, r.nbytes, per)] or [
-        TensorRange(key, r.path, source, r.offset, 0, spec, 0)]
+        TensorRange(key, r.path, source, r.offset, 0, spec, 0, checked)]
 
 
 def _tasks(items: list[tuple], task_bytes: int) -> list[list]:
@@ -198,17 +203,42 @@ def _tasks(items: list[tuple], task_bytes: int) -> list[list]:
 # ------------------------------------------------------------------------------ workers
 
 
+# Bytes of other data a worker may read past to take in the next small range of the same file
+# with one request (as the in-process engine's units do): a request to gs:// costs tens of
+# milliseconds before its first byte, whatever its size.
+SPAN_GAP = 64 << 10
+
+
+def _spans(ranges) -> dict[str, list[tuple[int, int]]]:
+    """Runs of two or more small ranges close together in one file, each to be read with one
+    request of at most :data:`READ_BYTES`: ``{source: [(start, end), ...]}`` in file order."""
+    small = sorted({(r.source, r.offset, r.length) for r in ranges if 0 < r.length < READ_BYTES})
+    out: dict[str, list[tuple[int, int]]] = {}
+    run = None  # [source, start, end, count]
+    for source, offset, length in small + [(None, 0, 0)]:
+        if (run and run[0] == source and 0 <= offset - run[2] <= SPAN_GAP
+                and offset + length - run[1] <= READ_BYTES):
+            run[2] = offset + length
+            run[3] += 1
+            continue
+        if run and run[3] > 1:
+            out.setdefault(run[0], []).append((run[1], run[2]))
+        run = [source, offset, offset + length, 1]
+    return out
+
+
 class _Files:
     """The files a task reads, each opened once (through
-    :mod:`tpuckpt_viz.checkpoint.storage`) and closed at the end."""
+    :mod:`tpuckpt_viz.checkpoint.storage`) and closed at the end; small ranges close together
+    (``ranges``, see :func:`_spans`) are read with one request per run."""
 
-    def __init__(self):
+    def __init__(self, ranges=()):
         self.open: dict = {}
+        self.spans = _spans(ranges)
+        self.loaded: dict[str, tuple[int, np.ndarray]] = {}  # source -> its current run
 
-    def read(self, r: TensorRange, at: int, n: int, slot: str) -> np.ndarray:
-        """``n`` bytes at ``at`` of range ``r``, into this thread's buffer ``slot`` (valid until
-        the next read into it)."""
-        from tpuckpt_viz.checkpoint import shards, storage
+    def _file(self, r: TensorRange):
+        from tpuckpt_viz.checkpoint import storage
 
         f = self.open.get(r.source)
         if f is None:
@@ -218,8 +248,39 @@ class _Files:
                 raise UserError(f"missing data file {r.path} on a Dask worker: every worker must "
                                 "see the checkpoint at the same path (a shared disk, or gs://)") \
                     from None
+        return f
+
+    def _run(self, r: TensorRange, pos: int, n: int) -> np.ndarray | None:
+        """Bytes ``pos .. pos + n`` of ``r``'s file from the run holding them (read once);
+        None when no run holds them (or the file ends early: the plain read says so)."""
+        import bisect
+
+        from tpuckpt_viz.checkpoint import storage
+
+        loaded = self.loaded.get(r.source)
+        if loaded is None or not loaded[0] <= pos <= pos + n <= loaded[0] + loaded[1].size:
+            runs = self.spans.get(r.source, ())
+            i = bisect.bisect_right(runs, (pos, float("inf"))) - 1
+            if i < 0 or not pos + n <= runs[i][1]:
+                return None
+            start, end = runs[i]
+            data = np.empty(end - start, np.uint8)
+            if storage.read_into(self._file(r), start, data) < data.size:
+                return None
+            loaded = self.loaded[r.source] = (start, data)
+        return loaded[1][pos - loaded[0]:pos - loaded[0] + n]
+
+    def read(self, r: TensorRange, at: int, n: int, slot: str) -> np.ndarray:
+        """``n`` bytes at ``at`` of range ``r``, into this thread's buffer ``slot`` (valid until
+        the next read into it)."""
+        from tpuckpt_viz.checkpoint import shards, storage
+
         view = scratch_buffer("cluster_" + slot, max(n, 1), np.uint8)[:n]
-        if storage.read_into(f, r.offset + at, view) < n:
+        held = self._run(r, r.offset + at, n) if n else None
+        if held is not None:
+            view[:] = held
+            return view
+        if storage.read_into(self._file(r), r.offset + at, view) < n:
             raise UserError(shards.short_read_message(r.key, r.path))
         return view
 
@@ -227,6 +288,7 @@ class _Files:
         for f in self.open.values():
             f.close()
         self.open.clear()
+        self.loaded.clear()
 
 
 def stats_task(items: list[tuple]) -> list[tuple]:
@@ -234,7 +296,7 @@ def stats_task(items: list[tuple]) -> list[tuple]:
     of the range (blocks counted from the tensor's start) and the crc32c of its bytes."""
     import google_crc32c
 
-    files, out = _Files(), []
+    files, out = _Files([item[2] for item in items]), []
     try:
         for _slot, _part, r, every in items:
             dt = r.numpy_dtype()
@@ -243,7 +305,8 @@ def stats_task(items: list[tuple]) -> list[tuple]:
             for done in range(0, r.length, step):
                 n = min(step, r.length - done)
                 view = files.read(r, done, n, "a")
-                crc = google_crc32c.extend(crc, view)
+                if r.checked:
+                    crc = google_crc32c.extend(crc, view)
                 raw = view.view(dt)
                 for b in range(0, raw.size, BLOCK):
                     first = r.first + done // dt.itemsize + b
@@ -263,7 +326,7 @@ def pair_task(items: list[tuple], step: int, mode: str) -> list[tuple]:
     each chunk and the block statistics of b (``mode`` "steps"); and both ranges' crc32c."""
     import google_crc32c
 
-    files, out = _Files(), []
+    files, out = _Files([r for item in items for r in item[2:4]]), []
     try:
         for _slot, _part, ra, rb in items:
             da, db = ra.numpy_dtype(), rb.numpy_dtype()
@@ -274,8 +337,10 @@ def pair_task(items: list[tuple], step: int, mode: str) -> list[tuple]:
                 n = min(span, ra.length - done)
                 va = files.read(ra, done, n, "a")
                 vb = files.read(rb, done, n, "b")
-                crc_a = google_crc32c.extend(crc_a, va)
-                crc_b = google_crc32c.extend(crc_b, vb)
+                if ra.checked:
+                    crc_a = google_crc32c.extend(crc_a, va)
+                if rb.checked:
+                    crc_b = google_crc32c.extend(crc_b, vb)
                 ca, cb = va.view(da), vb.view(db)
                 per = step // da.itemsize
                 for c in range(0, ca.size, per):
@@ -396,6 +461,8 @@ class Cluster:
 def _check_crc(ckpt, key: str, ranges: list[TensorRange], crcs: list[int]) -> None:
     from tpuckpt_viz.checkpoint import shards
 
+    if not ranges or not ranges[0].checked:  # no checksum in the format (Keras files)
+        return
     crc = 0
     for r, c in zip(ranges, crcs):
         crc = crc32c_combine(crc, c, r.length)
