@@ -21,11 +21,12 @@ SAMPLE = {"roots": "/data", "address": "0.0.0.0", "port": "8600", "model": "pkg.
           "upload_mb": "5", "slice_mb": "3", "chunk_mb": "1", "cache_entries": "9",
           "allow_unsafe_ops": "1", "demo_dir": "/tmp/demo-x", "progress": "never",
           "worker_mb": "2048", "worker_timeout_s": "30", "scheduler": "tcp://host:8786",
-          "workers": "3"}
+          "workers": "3", "open_checkpoints": "7", "run_ttl_s": "2", "bucket_ttl_s": "60"}
 BAD = {"port": ["abc", "0", "70000"], "upload_mb": ["-1", "1.5"], "slice_mb": ["-1", "x"],
        "chunk_mb": ["-1", "lots"], "cache_entries": ["many"], "allow_unsafe_ops": ["maybe", "2"],
        "progress": ["sometimes"], "worker_mb": ["-1", "lots"], "worker_timeout_s": ["0"],
-       "workers": ["0", "two"]}
+       "workers": ["0", "two"], "open_checkpoints": ["0", "all"], "run_ttl_s": ["0", "5s"],
+       "bucket_ttl_s": ["-30", "1.5"]}
 
 
 def test_settings_table_is_well_formed():

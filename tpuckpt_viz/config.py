@@ -121,8 +121,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("chunk_mb", "8", "TPUCKPT_CHUNK_MB", "--chunk-mb",
             "Size of one streamed chunk in MB.", kind="int", minimum=1, metavar="MB"),
     Setting("cache_entries", "256", "TPUCKPT_CACHE_ENTRIES", "--cache-entries",
-            "How many results (tensor statistics, histograms, diffs) the dashboard keeps cached.",
+            "How many results of each kind (variable tables, tensor statistics and histograms, "
+            "diffs, run steps) the dashboard keeps cached.",
             kind="int", minimum=1, metavar="N"),
+    Setting("open_checkpoints", "64", "TPUCKPT_OPEN_CHECKPOINTS", "--open-checkpoints",
+            "How many opened checkpoints (their parsed index and object graph) the dashboard "
+            "keeps open across pages and sessions.", kind="int", minimum=1, metavar="N"),
+    Setting("run_ttl_s", "5", "TPUCKPT_RUN_TTL_S", "--run-ttl-s",
+            "How long the dashboard keeps the list of a run's checkpoints, in seconds: a run "
+            "that is still training shows a new checkpoint this long after it is saved.",
+            kind="int", minimum=1, metavar="SECONDS"),
+    Setting("bucket_ttl_s", "30", "TPUCKPT_BUCKET_TTL_S", "--bucket-ttl-s",
+            "How long the dashboard keeps the list of runs under a gs:// root, in seconds "
+            "(listing a bucket costs a request per 1000 names).", kind="int", minimum=1,
+            metavar="SECONDS"),
     Setting("allow_unsafe_ops", "0", "TPUCKPT_ALLOW_UNSAFE_OPS", "--allow-unsafe-ops",
             "Run SavedModels whose signature uses file-system or Python ops (ReadFile, "
             "WriteFile, PyFunc, ...). Off by default.", kind="bool",

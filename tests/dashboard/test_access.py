@@ -12,7 +12,13 @@ import pytest
 from apphelpers import COMPARE, open_app
 
 from tpuckpt_viz import config
-from tpuckpt_viz.dashboard.access import allowed_roots, check_path
+from tpuckpt_viz.dashboard.access import (
+    allowed_roots,
+    allowed_run,
+    check_path,
+    is_allowed,
+    resolve_allowed,
+)
 from tpuckpt_viz.errors import UserError
 
 
@@ -183,6 +189,38 @@ def test_roots_with_tilde_and_symlinks_are_resolved(tree, monkeypatch, tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("TPUCKPT_ROOTS", "~/root")
     assert check_path("~/root/run") == os.path.realpath(root / "run")
+
+
+def test_resolve_allowed_checks_where_a_folder_leads(tree, demo_run):
+    """A folder inside a root whose state file names a checkpoint outside: refused, whether
+    the folder or the file it names is what gets checked."""
+    root, outside, _ = tree
+    shutil.copytree(demo_run, root / "good")
+    resolved = resolve_allowed(str(root / "good"))
+    assert resolved.prefix == os.path.join(os.path.realpath(root / "good"), "ckpt-300")
+    assert is_allowed(str(root / "good")) and not is_allowed(str(outside))
+    shutil.copytree(demo_run, outside / "run")
+    lure = root / "lure"
+    lure.mkdir()
+    (lure / "checkpoint").write_text(f'model_checkpoint_path: "{outside / "run" / "ckpt-300"}"\n')
+    with pytest.raises(UserError, match="outside the allowed roots"):
+        resolve_allowed(str(lure))
+
+
+def test_allowed_run_checks_every_checkpoint(tree, demo_run):
+    """A whole-run view reads every checkpoint of the run: one that leads out (a link to a
+    checkpoint outside) refuses the run, rather than leaving that step out."""
+    root, outside, _ = tree
+    run = root / "run2"
+    shutil.copytree(demo_run, run)
+    members = allowed_run(str(run))
+    assert members[-1].endswith("ckpt-300") and len(members) >= 2
+    shutil.copytree(demo_run, outside / "run")
+    for f in (outside / "run").glob("ckpt-0.*"):
+        (run / f.name).unlink()
+        (run / f.name).symlink_to(f)
+    with pytest.raises(UserError, match="leads outside the allowed roots"):
+        allowed_run(str(run))
 
 
 # -- in the dashboard ----------------------------------------------------------------------

@@ -4,13 +4,20 @@ shown are checked against h5py on the same datasets."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 from apphelpers import COMPARE, open_app
 from test_app_browse import (assert_stats_match, errors, rerun, select_tensor, shown_stats,
                              variable_table)
-from test_keras_files import keras3_run  # noqa: F401  (session fixture)
+
+# The Keras files' fixture lives with the checkpoint layer's tests (tests/checkpoint/), which
+# pytest puts on sys.path only when it collects them first: this file also runs alone.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
+from test_keras_files import keras3_run  # noqa: E402, F401  (session fixture)
 
 
 def test_browse_keras_archive(app_env, keras3_run):  # noqa: F811

@@ -88,6 +88,41 @@ def check_path(path: str, roots: list[str] | None = None) -> str:
     return resolved
 
 
+def is_allowed(path: str) -> bool:
+    """Whether ``path`` (and every file opening it reads) lies inside the allowed roots."""
+    try:
+        check_path(path)
+        return True
+    except UserError:
+        return False
+
+
+def resolve_allowed(path: str):
+    """``path`` checked, resolved to its checkpoint (a folder to its latest one, a SavedModel to
+    its variables), and the checkpoint checked too: a state file must not lead out of the roots.
+
+    Returns :class:`tpuckpt_viz.checkpoint.paths.Resolved`; raises UserError. What the pages
+    open goes through here (``cached.open_allowed``), never through ``check_path`` alone.
+    """
+    from tpuckpt_viz.checkpoint.paths import resolve_checkpoint
+
+    resolved = resolve_checkpoint(check_path(path))
+    check_path(resolved.prefix)
+    return resolved
+
+
+def allowed_run(run_dir: str) -> list[str]:
+    """Every checkpoint of the run in ``run_dir`` (newest last), each checked: a whole-run view
+    reads all of them, so one outside the roots (through a state file or a link) is a
+    UserError, not a checkpoint left out."""
+    from tpuckpt_viz.checkpoint.paths import run_checkpoints
+
+    members = run_checkpoints(check_path(run_dir))
+    for member in members:
+        check_path(member)
+    return members
+
+
 _DATA_OR_INDEX = re.compile(r"^(?P<prefix>.+)\.(index|data-\d{5}-of-\d{5})$")
 _MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "keras_metadata.pb")
 _MODEL_DIRS = ("variables", "assets", "assets.extra")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY
 from tpuckpt_viz.checkpoint.reader import Checkpoint
-from tpuckpt_viz.checkpoint.records import list_records
+from tpuckpt_viz.checkpoint.records import KINDS, list_records
 from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
@@ -209,6 +209,63 @@ def filter_table(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
     return table[mask]
 
 
+def filter_or_explain(table: pd.DataFrame, kinds=None, layers=None, dtypes=None,
+                      pattern: str = "") -> tuple[pd.DataFrame, str | None]:
+    """:func:`filter_table`, and a bad name pattern said rather than raised: (rows, None), or
+    (rows matching the other filters, the message that says how to fix the pattern)."""
+    try:
+        return filter_table(table, kinds, layers, dtypes, pattern), None
+    except Exception as exc:  # a bad regular expression: say so, and change nothing else
+        return (filter_table(table, kinds, layers, dtypes, ""),
+                f"bad name pattern: {exc}: fix the regular expression")
+
+
+def model_first(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the order of :data:`tpuckpt_viz.checkpoint.records.KINDS` (model variables
+    first: weights, biases, ...; then slots and state), by name within a kind."""
+    rank = {k: i for i, k in enumerate(KINDS)}
+    return table.assign(_rank=table["kind"].map(rank)).sort_values(
+        ["_rank", "name"], kind="stable").drop(columns="_rank")
+
+
+def selection_key(kinds, layers, dtypes, pattern: str, rows: int) -> str:
+    """A widget key for the variable table under these filters: a row selected under other
+    filters must not pick a row of this table (``rows``: how many it shows; a pattern that
+    matches nothing does not change the key)."""
+    filters = (tuple(kinds), tuple(layers), tuple(dtypes), pattern if rows else "")
+    return "var_table_" + str(abs(hash(filters)))
+
+
+def default_tensor(table: pd.DataFrame, names: list[str], wanted: str | None = None) -> str:
+    """The tensor to show among ``names``: ``wanted`` (a link's ``?tensor=``, or the one shown
+    before) where it is one of them, else the first weight of ``table`` among them, else the
+    first name."""
+    if wanted in names:
+        return wanted
+    present = set(names)
+    return next((n for n in table.loc[table["kind"] == "weight", "name"] if n in present),
+                names[0])
+
+
+def slot_owner(table: pd.DataFrame, row) -> str | None:
+    """For a slot's row: the readable name of the variable it belongs to (its raw key when
+    that is not in ``table``); None for a row that is not a slot."""
+    owner_key = row["slot_of"]
+    if not isinstance(owner_key, str) or not owner_key:
+        return None
+    owner = table[table["key"] == owner_key]
+    return owner.iloc[0]["name"] if len(owner) else owner_key
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 KB``: a size in bytes with a binary unit (B to TB)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 @dataclass
 class TensorView:
     """Statistics, histogram and heatmap of one tensor (or the values of a string tensor)."""
@@ -356,15 +413,50 @@ def pair_view(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: str) ->
     return PairView(acc_a.sampled(), acc_b.sampled(), heat, strides, blocks.nonfinite())
 
 
+STATISTICS = ("min", "max", "mean", "std", "l2", "zeros", "nan", "inf")
+STATISTIC_LABELS = ("min", "max", "mean", "std", "L2 norm", "zeros", "NaN", "Inf")
+
+
+def stats_table(stats: dict) -> pd.DataFrame:
+    """One tensor's statistics as the page lists them: ``statistic`` and ``value`` as text
+    (6 significant digits, zeros as a percentage, "—" where a statistic does not apply)."""
+    def fmt(name: str, v) -> str:
+        if name in ("nan", "inf"):
+            return str(v)
+        if v is None:
+            return "—"
+        return f"{v:.2%}" if name == "zeros" else f"{v:.6g}"
+
+    return pd.DataFrame({"statistic": list(STATISTIC_LABELS),
+                         "value": [fmt(k, stats[k]) for k in STATISTICS]})
+
+
+def histogram_title(view: TensorView, label: str | None = None) -> str:
+    """The title of a tensor's histogram: whether it holds every finite value or a sample,
+    after ``label`` (a slot's name) where given. The tensor's name is the page's heading."""
+    note = (f"all {view.finite:,} finite values" if view.sampled >= view.finite
+            else f"sampled {view.sampled:,} of {view.finite:,} finite values")
+    return f"{label + ': ' if label else ''}histogram ({note})"
+
+
+def heatmap_title(view: TensorView) -> tuple[str, tuple[str, str], bool]:
+    """(title, (rows title, columns title), diverging) of a tensor's heatmap: diverging colours
+    where its values straddle zero."""
+    rows_title, cols_title, note = heat_axes(view.shape, view.heat_strides)
+    lo, hi = view.stats["min"], view.stats["max"]
+    return ("heatmap" + (f" ({note})" if note else ""), (rows_title, cols_title),
+            lo is not None and hi is not None and lo < 0 < hi)
+
+
 def stats_frame(views: dict[str, TensorView]) -> pd.DataFrame:
     """Statistics of several tensors side by side (a variable and its slots)."""
     rows = []
     for label, view in views.items():
-        rows.append({"tensor": label, **{k: view.stats.get(k) for k in
-                                         ("min", "max", "mean", "std", "l2", "zeros", "nan",
-                                          "inf")}})
+        rows.append({"tensor": label, **{k: view.stats.get(k) for k in STATISTICS}})
     return pd.DataFrame(rows)
 
 
-__all__ = ["records_frame", "variable_table", "summarize", "filter_table", "tensor_view",
-           "TensorView", "Summary", "stats_frame", "list_records", "pair_view", "PairView"]
+__all__ = ["records_frame", "variable_table", "summarize", "filter_table", "filter_or_explain",
+           "model_first", "selection_key", "default_tensor", "slot_owner", "human_bytes",
+           "tensor_view", "TensorView", "Summary", "stats_table", "histogram_title",
+           "heatmap_title", "stats_frame", "list_records", "pair_view", "PairView"]

@@ -1,24 +1,21 @@
-"""What every page shares: the checkpoint picker, cached readers, and error display."""
+"""What every page shares: the current checkpoint, its pickers, and error display.
+
+Caches and opening live in ``dashboard/cached.py``; the data the pages show in the page-data
+modules (``pagedata``, ``comparedata``, ``inferdata``).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import streamlit as st
 
-from tpuckpt_viz import config, demo
 from tpuckpt_viz.checkpoint import remote
-from tpuckpt_viz.checkpoint.paths import resolve_checkpoint, run_checkpoints
-from tpuckpt_viz.checkpoint.reader import Checkpoint, open_checkpoint
-from tpuckpt_viz.dashboard.access import allowed_roots, check_path
+from tpuckpt_viz.checkpoint.reader import Checkpoint
+from tpuckpt_viz.dashboard import cached
+from tpuckpt_viz.dashboard.access import allowed_roots, resolve_allowed
+from tpuckpt_viz.dashboard.comparedata import step_label
 from tpuckpt_viz.errors import UserError, first_line
-
-
-@st.cache_resource(show_spinner="Making the demo run (a few seconds, once)...")
-def demo_run() -> str:
-    """The demo run's folder, made on first use."""
-    return str(demo.make_demo(config.demo_dir()))
 
 
 def _cli_default() -> str | None:
@@ -30,56 +27,8 @@ def _cli_default() -> str | None:
 
 
 def default_path() -> str:
-    return _cli_default() or demo_run()
-
-
-@st.cache_resource(max_entries=64, show_spinner=False)
-def _open(prefix: str, signature_hint: tuple) -> Checkpoint:
-    return open_checkpoint(prefix)
-
-
-def _signature_hint(prefix: str) -> tuple:
-    """Size and mtime of the index, so a rewritten checkpoint is reopened."""
-    if remote.handles(prefix):  # from the folder's listing, itself cached for a few seconds
-        try:
-            meta = remote.info(prefix + ".index")
-            return (meta.get("size"), str(meta.get("updated") or meta.get("mtime") or ""))
-        except UserError:
-            return ()
-    try:
-        st_ = os.stat(prefix + ".index")
-        return (st_.st_size, st_.st_mtime_ns)
-    except OSError:
-        return ()
-
-
-def open_allowed(path: str) -> Checkpoint:
-    """Check ``path`` against the allowed roots, resolve it and open it (cached)."""
-    resolved_path = check_path(path)
-    resolved = resolve_checkpoint(resolved_path)
-    check_path(resolved.prefix)  # a state file must not lead out of the roots either
-    return _open(resolved.prefix, _signature_hint(resolved.prefix))
-
-
-# A short ttl: a run that is still training gains checkpoints while the page is open.
-@st.cache_data(max_entries=64, ttl=5, show_spinner=False)
-def run_members(path: str) -> list[str]:
-    """The checkpoints of the run that ``path`` belongs to (newest last)."""
-    resolved = resolve_checkpoint(check_path(path))
-    folder = resolved.run_dir or os.path.dirname(resolved.prefix)
-    try:
-        return [p for p in run_checkpoints(folder) if is_allowed(p)]
-    except UserError:
-        return [resolved.prefix]
-
-
-def is_allowed(path: str) -> bool:
-    """Whether ``path`` (and every file opening it reads) lies inside the allowed roots."""
-    try:
-        check_path(path)
-        return True
-    except UserError:
-        return False
+    """The checkpoint a session starts on: ``serve PATH``, else the demo run."""
+    return _cli_default() or cached.demo_run()
 
 
 def show_error(exc: BaseException) -> None:
@@ -125,29 +74,6 @@ def sync_url(**params: str | None) -> None:
             del st.query_params[name]
 
 
-@st.cache_data(max_entries=64, ttl=5, show_spinner=False)
-def run_steps_of(path: str) -> list[dict]:
-    """The run that ``path`` belongs to, in training order: per checkpoint its ``checkpoint``
-    (prefix), ``step``, ``step_source``, ``save`` and ``label`` (see
-    :func:`tpuckpt_viz.engine.diff.run_order`)."""
-    from tpuckpt_viz.engine.diff import run_order
-
-    order = run_order(run_members(path), opener=open_allowed)
-    return [{k: v for k, v in d.items() if not k.startswith("_")} for d in order]
-
-
-def step_label(item: dict) -> str:
-    """``step 300 · ckpt-300``: the step and the file it is in."""
-    return f"{item['label']} · {os.path.basename(item['checkpoint'])}"
-
-
-# Listing a bucket costs a request per 1000 names: cached briefly, new runs show up soon.
-@st.cache_data(max_entries=16, ttl=30, show_spinner="Listing the runs in the bucket...")
-def bucket_runs(root: str) -> list[str]:
-    """Folders under the remote root ``root`` that hold checkpoints (see remote.find_runs)."""
-    return remote.find_runs(root)
-
-
 def bucket_run_picker(key: str) -> None:
     """For ``gs://`` (and other fsspec) roots: choose a run from the bucket instead of typing
     it; the choice fills the path box ``key``. Nothing shows without a remote root."""
@@ -157,7 +83,7 @@ def bucket_run_picker(key: str) -> None:
     runs: list[str] = []
     for root in roots:
         try:
-            runs += bucket_runs(root)
+            runs += cached.bucket_runs(root)
         except UserError as exc:
             show_error(exc)
     if not runs:
@@ -174,7 +100,7 @@ def bucket_run_picker(key: str) -> None:
                  index=runs.index(current) if current in runs else None,
                  placeholder="Choose a folder that holds checkpoints",
                  help="Folders under the remote roots that hold checkpoints (listed again "
-                      "every 30 s)")
+                      f"every {cached.BUCKET_TTL_S} s)")
 
 
 def pick_path(label: str, key: str, help_text: str | None = None) -> str:
@@ -189,9 +115,10 @@ def pick_path(label: str, key: str, help_text: str | None = None) -> str:
 
 def pick_step(path: str, key: str, label: str = "Step of this run") -> str:
     """For a run of several checkpoints, a choice among its steps (picking one makes it
-    current); returns the chosen checkpoint prefix. A single checkpoint: its prefix."""
-    resolved = resolve_checkpoint(check_path(path))
-    run = run_steps_of(path)
+    current); returns the chosen checkpoint prefix, inside the allowed roots (the run lists
+    only allowed ones). A single checkpoint: its prefix."""
+    resolved = resolve_allowed(path)
+    run = cached.run_steps_of(path)
     if len(run) <= 1:
         return resolved.prefix
     prefixes = [d["checkpoint"] for d in run]
@@ -210,27 +137,7 @@ def pick_checkpoint(label: str = "Checkpoint", key: str = "ckpt_path") -> Checkp
     path = pick_path(label, key)
     sync_url(ckpt=path)
     try:
-        return open_allowed(pick_step(path, key + "_step"))
-    except UserError as exc:
-        show_error(exc)
+        return cached.open_allowed(pick_step(path, key + "_step"))
     except Exception as exc:  # never a traceback in the page
         show_error(exc)
     return None
-
-
-def path_input(label: str, param: str, key: str, default: str) -> str:
-    """A text box for a path, preset from ``?param=`` in the URL on the session's first run."""
-    if key not in st.session_state:
-        st.session_state[key] = st.query_params.get(param) or default
-    value = st.text_input(label, key=key,
-                          help="A checkpoint folder, prefix, .index file or SavedModel folder. "
-                               "Allowed roots: " + ", ".join(allowed_roots()))
-    return value.strip()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
