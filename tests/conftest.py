@@ -206,3 +206,57 @@ def gcs(tmp_path_factory):
     bed = Testbed(tmp_path_factory.mktemp("gcs"))
     yield bed
     bed.stop()
+
+
+def keras_slot_links(model) -> dict[str, tuple[str, str]]:
+    """Keras's own word: optimizer variable path -> (model variable path, slot list)."""
+    opt = model.optimizer
+    links = {}
+    for attr in ("_momentums", "_velocities", "_velocity_hats", "_accumulators",
+                 "_average_gradients", "momentums"):
+        for var, slot in zip(opt._trainable_variables, getattr(opt, attr, None) or []):
+            if slot is not None:
+                links[slot.path] = (var.path, attr)
+    return links
+
+
+@pytest.fixture(scope="session")
+def keras3_run(tf, tmp_path_factory):
+    """A Keras 3 Functional model (LSTM with its nested cell, Dense, BatchNormalization, Dense)
+    trained with Adam: ``model.weights.h5`` (save_weights), ``model.keras`` (model.save),
+    ``ckpt`` (tf.train.Checkpoint of the same model and optimizer), and a three-epoch
+    ModelCheckpoint run ``run/w.{epoch:02d}.weights.h5``. Returns a dict with the paths and
+    what Keras says (weights, optimizer variables, slot links, iterations per epoch)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((3, 2), name="x")
+    h = keras.layers.LSTM(2, name="lstm")(inp)
+    h = keras.layers.Dense(3, name="hidden")(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    out = keras.layers.Dense(2, name="out")(h)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3, 2)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    folder = tmp_path_factory.mktemp("keras3files")
+    run_dir = folder / "run"
+    run_dir.mkdir()
+    saver = keras.callbacks.ModelCheckpoint(str(run_dir / "w.{epoch:02d}.weights.h5"),
+                                            save_weights_only=True)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[saver])
+    model.save_weights(str(folder / "model.weights.h5"))
+    model.save(str(folder / "model.keras"))
+    prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+        str(folder / "tfckpt" / "ckpt"))
+    return {
+        "folder": folder, "run": run_dir, "weights": folder / "model.weights.h5",
+        "keras": folder / "model.keras", "tf": prefix,
+        "weight_paths": [w.path for w in model.weights],
+        "trainable": [w.path for w in model.trainable_weights],
+        "optimizer_paths": [v.path for v in model.optimizer.variables],
+        "links": keras_slot_links(model),
+        "values": {w.path: w.numpy() for w in model.weights},
+        "iterations": int(model.optimizer.iterations.numpy()),
+    }

@@ -4,9 +4,6 @@ shown are checked against h5py on the same datasets."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
@@ -14,13 +11,8 @@ from apphelpers import COMPARE, open_app
 from test_app_browse import (assert_stats_match, errors, rerun, select_tensor, shown_stats,
                              variable_table)
 
-# The Keras files' fixture lives with the checkpoint layer's tests (tests/checkpoint/), which
-# pytest puts on sys.path only when it collects them first: this file also runs alone.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
-from test_keras_files import keras3_run  # noqa: E402, F401  (session fixture)
 
-
-def test_browse_keras_archive(app_env, keras3_run):  # noqa: F811
+def test_browse_keras_archive(app_env, keras3_run):
     at = open_app(ckpt=str(keras3_run["keras"]))
     assert not errors(at)
     table = variable_table(at)
@@ -36,7 +28,7 @@ def test_browse_keras_archive(app_env, keras3_run):  # noqa: F811
     assert_stats_match(shown_stats(at), value)
 
 
-def test_compare_keras_run(app_env, keras3_run):  # noqa: F811
+def test_compare_keras_run(app_env, keras3_run):
     files = sorted(keras3_run["run"].iterdir())
     at = open_app(COMPARE, a=str(files[0]), b=str(files[-1]), run=str(keras3_run["run"]))
     assert not errors(at)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from test_e2e import (assert_right_stats, browser, errors, page, select_option,  # noqa: F401
                       server, shot, shown_stats, wait_idle)
-from test_keras_files import keras3_run  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.e2e
 
