@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from tpuckpt_viz.checkpoint.objectgraph import OBJECT_GRAPH_KEY
+from tpuckpt_viz.checkpoint.protos import TrackableObjectGraph  # no TensorFlow import
 from tpuckpt_viz.checkpoint.reader import Checkpoint
 from tpuckpt_viz.checkpoint.records import KINDS, list_records
 from tpuckpt_viz.engine.chunks import pair_chunks
 from tpuckpt_viz.engine.reductions import is_numeric, new_accumulator
 from tpuckpt_viz.engine.stats import histogram
 from tpuckpt_viz.patterns import compile_user, search_any
-from tpuckpt_viz.tfcompat import tf
 
 MAX_HEATMAP_SIDE = 200
 MAX_STRING_VALUES = 200
@@ -104,12 +104,9 @@ def object_tree(ckpt: Checkpoint, table: pd.DataFrame) -> pd.DataFrame | None:
     """
     if OBJECT_GRAPH_KEY not in ckpt.entries:
         return None
-    tf()  # quiet import first: the protos alone print TF's banner
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
     raw = ckpt.read_raw(OBJECT_GRAPH_KEY)
     raw = raw if isinstance(raw, bytes) else np.asarray(raw).reshape(-1)[0]
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph = TrackableObjectGraph()
     graph.ParseFromString(raw)
     by_key = table.set_index("key")
     # Depth first, the optimizer last: a variable shows under the model's layer that owns it
