@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = ("stats_vs_read", "diff_vs_read", "peak_rss_mb_over_base", "list_vs_raw",
-          "bf16_stats_vs_read", "cli_stats_vs_read", "list_process_vs_import_tf",
+          "bf16_stats_vs_read", "list_process_vs_import_tf",
           "stats_process_vs_read_process")
 
 
