@@ -342,3 +342,33 @@ def test_infer_runs_a_keras_archive_and_restores_weights_files(capsys, keras3_ru
     np.testing.assert_allclose(out, expected_first, rtol=1e-5, atol=1e-6)
     assert result["restore"]["status"] == "ok"
     assert not np.allclose(expected_first, expected)  # epoch 1 is not the final model
+
+
+_CLEAN_CHILD = r"""
+import contextlib, io, json, sys
+from tpuckpt_viz import cli
+codes = []
+for path in sys.argv[1:]:
+    for command in ("list", "stats"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            codes.append(cli.main([command, path, "--format", "json"]))
+print(json.dumps({"codes": codes, "heavy": sorted(
+    m for m in ("tensorflow", "keras", "pandas", "streamlit") if m in sys.modules)}))
+"""
+
+
+def test_keras_files_list_and_stats_without_tensorflow(keras3_run):
+    """Keras files are read with h5py alone: importing keras would import TensorFlow."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    paths = [str(keras3_run["keras"]), str(keras3_run["weights"]),
+             str(FIXTURES / "keras2_full.h5")]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _CLEAN_CHILD, *paths], capture_output=True,
+                          text=True, timeout=120, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"codes": [0] * 6, "heavy": []}, proc.stderr[-2000:]
