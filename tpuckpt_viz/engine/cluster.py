@@ -58,6 +58,10 @@ TASK_BYTES = 64 << 20
 CONNECT_TIMEOUT = "10s"
 # Bytes a worker reads at a time for statistics (rounded to whole blocks).
 READ_BYTES = 4 << 20
+# Reads a worker keeps in flight on remote storage (gs://): each request waits 20-50 ms before
+# its first byte, so one at a time caps a worker near READ_BYTES / latency. Local files are
+# read one at a time, into reused memory.
+REMOTE_READS = 8
 
 # ------------------------------------------------------------------------------ crc32c
 
@@ -233,9 +237,13 @@ class _Files:
     (``ranges``, see :func:`_spans`) are read with one request per run."""
 
     def __init__(self, ranges=()):
+        from tpuckpt_viz.checkpoint import remote
+
         self.open: dict = {}
         self.spans = _spans(ranges)
         self.loaded: dict[str, tuple[int, np.ndarray]] = {}  # source -> its current run
+        self.lock = threading.Lock()  # the two dicts above, when reads run on threads
+        self.threads = REMOTE_READS if any(remote.handles(r.source) for r in ranges) else 1
 
     def _file(self, r: TensorRange):
         from tpuckpt_viz.checkpoint import storage
@@ -284,6 +292,36 @@ class _Files:
             raise UserError(shards.short_read_message(r.key, r.path))
         return view
 
+    def fetch(self, r: TensorRange, at: int, n: int) -> np.ndarray:
+        """Like :meth:`read`, into fresh memory: safe on several threads at once."""
+        from tpuckpt_viz.checkpoint import shards, storage
+
+        out = np.empty(n, np.uint8)
+        if not n:
+            return out
+        with self.lock:
+            held = self._run(r, r.offset + at, n)
+            if held is not None:
+                out[:] = held
+                return out
+            f = self._file(r)
+        if storage.read_into(f, r.offset + at, out) < n:
+            raise UserError(shards.short_read_message(r.key, r.path))
+        return out
+
+    def reads(self, requests: list[tuple]) -> Iterator[np.ndarray]:
+        """The bytes of each ``(range, at, n, slot)`` request, in order: one at a time into
+        reused memory (:meth:`read`), or, on remote storage, several in flight
+        (:func:`tpuckpt_viz.engine.chunks.ordered_map`). The bytes, so the results, are the
+        same either way."""
+        if self.threads <= 1:
+            for r, at, n, slot in requests:
+                yield self.read(r, at, n, slot)
+            return
+        from tpuckpt_viz.engine.chunks import ordered_map
+
+        yield from ordered_map(lambda q: self.fetch(q[0], q[1], q[2]), requests, self.threads)
+
     def close(self) -> None:
         for f in self.open.values():
             f.close()
@@ -297,14 +335,22 @@ def stats_task(items: list[tuple]) -> list[tuple]:
     import google_crc32c
 
     files, out = _Files([item[2] for item in items]), []
+
+    def step_of(r: TensorRange) -> int:
+        itemsize = r.numpy_dtype().itemsize
+        return max(1, READ_BYTES // (BLOCK * itemsize)) * BLOCK * itemsize
+
+    requests = [(r, done, min(step_of(r), r.length - done), "a")
+                for _slot, _part, r, _every in items
+                for done in range(0, r.length, step_of(r))]
+    views = files.reads(requests)
     try:
         for _slot, _part, r, every in items:
             dt = r.numpy_dtype()
-            step = max(1, READ_BYTES // (BLOCK * dt.itemsize)) * BLOCK * dt.itemsize
+            step = step_of(r)
             parts, crc = [], 0
             for done in range(0, r.length, step):
-                n = min(step, r.length - done)
-                view = files.read(r, done, n, "a")
+                view = next(views)
                 if r.checked:
                     crc = google_crc32c.extend(crc, view)
                 raw = view.view(dt)
@@ -315,6 +361,7 @@ def stats_task(items: list[tuple]) -> list[tuple]:
                                              (-first) % every if every else 0, block))
             out.append((parts, crc))
     finally:
+        views.close()  # reads still in flight finish before their files close
         files.close()
     return out
 
@@ -327,16 +374,23 @@ def pair_task(items: list[tuple], step: int, mode: str) -> list[tuple]:
     import google_crc32c
 
     files, out = _Files([r for item in items for r in item[2:4]]), []
+
+    def span_of(rb: TensorRange) -> int:
+        # Read whole chunks and whole blocks at a time (ranges start on both boundaries).
+        return math.lcm(step, BLOCK * rb.numpy_dtype().itemsize)
+
+    requests = [request for _slot, _part, ra, rb in items
+                for done in range(0, ra.length, span_of(rb))
+                for request in ((ra, done, min(span_of(rb), ra.length - done), "a"),
+                                (rb, done, min(span_of(rb), ra.length - done), "b"))]
+    views = files.reads(requests)
     try:
         for _slot, _part, ra, rb in items:
             da, db = ra.numpy_dtype(), rb.numpy_dtype()
-            # Read whole chunks and whole blocks at a time (ranges start on both boundaries).
-            span = math.lcm(step, BLOCK * db.itemsize)
+            span = span_of(rb)
             chunks, blocks, crc_a, crc_b = [], [], 0, 0
             for done in range(0, ra.length, span):
-                n = min(span, ra.length - done)
-                va = files.read(ra, done, n, "a")
-                vb = files.read(rb, done, n, "b")
+                va, vb = next(views), next(views)
                 if ra.checked:
                     crc_a = google_crc32c.extend(crc_a, va)
                 if rb.checked:
@@ -354,6 +408,7 @@ def pair_task(items: list[tuple], step: int, mode: str) -> list[tuple]:
                         blocks.append(block_stats(widen_block(block), 0, 0, block))
             out.append((chunks, blocks, crc_a, crc_b))
     finally:
+        views.close()  # reads still in flight finish before their files close
         files.close()
     return out
 
