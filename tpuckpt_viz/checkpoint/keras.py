@@ -47,23 +47,12 @@ import numpy as np
 
 from tpuckpt_viz.checkpoint import formats
 from tpuckpt_viz.checkpoint.objectgraph import ObjectGraphInfo
-from tpuckpt_viz.checkpoint.shards import ReadPlan, ReadSettings
+from tpuckpt_viz.checkpoint.shards import Entry, ReadPlan, ReadSettings
 from tpuckpt_viz.errors import UserError, first_line
 
 KERAS_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
 _SUFFIX_NUM = re.compile(r"_\d+$")
 _TENSOR_SUFFIX = re.compile(r":\d+$")
-
-
-@dataclass(frozen=True)
-class KerasEntry:
-    """One dataset of a Keras file (the same fields as a bundle's ``Entry``)."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: str
-    numel: int
-    nbytes: int
 
 
 def to_snake_case(name: str) -> str:
@@ -293,11 +282,11 @@ class KerasCheckpoint:
         self._file.visititems(visit)
         return found
 
-    def _entry(self, key: str, ds) -> KerasEntry:
+    def _entry(self, key: str, ds) -> Entry:
         shape = tuple(int(d) for d in ds.shape) if ds.shape is not None else ()
         dtype = _dtype_name(ds)
         numel = math.prod(shape)
-        return KerasEntry(key, shape, dtype, numel, numel * ds.dtype.itemsize)
+        return Entry(key, shape, dtype, numel, numel * ds.dtype.itemsize)
 
     @property
     def model_config(self) -> dict | None:
@@ -741,7 +730,7 @@ class KerasCheckpoint:
             plan = self._plans[key] = self._plan(key, entry)
         return plan
 
-    def _plan(self, key: str, entry: KerasEntry) -> ReadPlan:
+    def _plan(self, key: str, entry: Entry) -> ReadPlan:
         from tpuckpt_viz.checkpoint.shards import Range
 
         whole = ReadPlan(key, entry.shape)
@@ -779,7 +768,7 @@ class KerasCheckpoint:
     def streamable(self, key: str) -> bool:
         return self.plan(key).streamable
 
-    def _check(self, key: str) -> KerasEntry:
+    def _check(self, key: str) -> Entry:
         if key not in self.entries:
             raise UserError(f"no variable {key!r} in {self.path}: run `list` to see the keys")
         return self.entries[key]

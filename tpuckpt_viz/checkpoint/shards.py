@@ -38,7 +38,8 @@ class Range:
 
 
 class Entry(NamedTuple):
-    """One checkpoint entry as ``tf.train.list_variables`` sees it, plus its byte size.
+    """One checkpoint entry (of a bundle, or a Keras file's dataset) as
+    ``tf.train.list_variables`` sees it, plus its byte size.
 
     A named tuple (immutable, and built 20,000 times a listing at a third of a frozen
     dataclass's cost)."""
