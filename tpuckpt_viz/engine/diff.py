@@ -54,6 +54,20 @@ def compare_tensors(ckpt_a: Checkpoint, key_a: str, ckpt_b: Checkpoint, key_b: s
     return acc.result()
 
 
+def _apart(ra: dict | None, rb: dict | None) -> str | None:
+    """The status of a variable whose two sides cannot be compared value by value ("added",
+    "removed", "dtype_changed", "shape_changed"), or None when they can."""
+    if ra is None:
+        return "added"
+    if rb is None:
+        return "removed"
+    if ra["dtype"] != rb["dtype"]:
+        return "dtype_changed"
+    if ra["shape"] != rb["shape"]:
+        return "shape_changed"
+    return None
+
+
 def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name",
                      match: str | None = None, kinds: Iterable[str] | None = None,
                      progress: Progress | None = None, cluster=None) -> list[dict]:
@@ -78,24 +92,25 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
         return not pattern or bool(pattern.search(rec["name"]) or pattern.search(rec["key"]))
 
     labels = [lbl for lbl in labels if wanted(recs_a.get(lbl) or recs_b[lbl])]
+    # Per label: why its two sides cannot be compared value by value, or None when they can.
+    apart = [_apart(recs_a.get(lbl), recs_b.get(lbl)) for lbl in labels]
     on_cluster = {}
     if cluster is not None:
         from tpuckpt_viz.engine import cluster as dask_engine
 
         pairs = [(i, recs_a[lbl]["key"], recs_b[lbl]["key"]) for i, lbl in enumerate(labels)
-                 if lbl in recs_a and lbl in recs_b
-                 and recs_a[lbl]["dtype"] == recs_b[lbl]["dtype"]
-                 and recs_a[lbl]["shape"] == recs_b[lbl]["shape"]]
+                 if apart[i] is None]
         on_cluster = dask_engine.compare_pairs(
             cluster, ckpt_a, ckpt_b, pairs,
             progress=progress and (lambda done, total: progress(done, len(labels), "cluster")))
+
     def compared(i: int) -> dict | None:
         """The pair's comparison, read here (on one of several threads) unless the cluster
         has done it; None where the two sides cannot be compared value by value."""
-        ra, rb = recs_a.get(labels[i]), recs_b.get(labels[i])
-        if ra is None or rb is None or ra["dtype"] != rb["dtype"] or ra["shape"] != rb["shape"]:
+        if apart[i] is not None:
             return None
-        return on_cluster.get(i) or compare_tensors(ckpt_a, ra["key"], ckpt_b, rb["key"])
+        key_a, key_b = recs_a[labels[i]]["key"], recs_b[labels[i]]["key"]
+        return on_cluster.get(i) or compare_tensors(ckpt_a, key_a, ckpt_b, key_b)
 
     results = ordered_map(compared, range(len(labels)), threads_for(ckpt_a, ckpt_b))
     out = []
@@ -110,18 +125,11 @@ def diff_checkpoints(ckpt_a: Checkpoint, ckpt_b: Checkpoint, *, by: str = "name"
                "numel": rec["numel"]}
         if progress:
             progress(i, len(labels), rec["name"])
-        if ra is None:
-            row["status"] = "added"
-        elif rb is None:
-            row["status"] = "removed"
-        elif ra["dtype"] != rb["dtype"]:
-            row["status"] = "dtype_changed"
-        elif ra["shape"] != rb["shape"]:
-            row["status"] = "shape_changed"
-        else:
+        if result is not None:
             row["status"] = "same" if result.pop("identical") else "changed"
             row.update(result)
-        if row["status"] in ("added", "removed", "dtype_changed", "shape_changed"):
+        else:
+            row["status"] = apart[i]
             # One side's norm still helps to read the table.
             for side, ckpt, r in (("a", ckpt_a, ra), ("b", ckpt_b, rb)):
                 if r is not None and r["dtype"] not in ("string", "resource", "variant"):
